@@ -1,0 +1,56 @@
+"""fedloom: federated learning with one orchestrator for simulation and deployment.
+
+A server runs rounds in which clients train one model on data they keep; the
+server folds their results into new global weights. The subpackages:
+
+- `fedloom.core`: weights, messages, the Client and Channel protocols, seeded rng.
+- `fedloom.aggregators`: how updates combine (streaming weighted mean, ...).
+- `fedloom.strategies`: samplers, server optimizers, presets such as `fedavg`.
+- `fedloom.server`: the round loop, callbacks (stop rules, keep-best), history.
+- `fedloom.client`: adapters for PyTorch, scikit-learn and plain functions.
+- `fedloom.transport`: the safetensors codec and channels to clients.
+- `fedloom.simulation`: `simulate`, whole federations in one process.
+- `fedloom.data`: partitioners (iid, Dirichlet, shards, by key).
+- `fedloom.store`: the run folder (history.json, weights.safetensors).
+- `fedloom.config`: TOML configs for the ``fedloom`` command.
+
+Only NumPy is needed to import it; frameworks load when their adapter is used.
+"""
+
+from fedloom.core import (
+    Client,
+    ClientContext,
+    Config,
+    EvaluateRes,
+    FitRes,
+    Metrics,
+    Weights,
+)
+from fedloom.errors import ConfigError, FedloomError
+from fedloom.server import EarlyStopping, History, KeepBest, RunResult, StopAfter, StopAtMetric
+from fedloom.simulation import simulate
+from fedloom.strategies import Strategy, fedavg
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "ClientContext",
+    "Config",
+    "ConfigError",
+    "EarlyStopping",
+    "EvaluateRes",
+    "FedloomError",
+    "FitRes",
+    "History",
+    "KeepBest",
+    "Metrics",
+    "RunResult",
+    "StopAfter",
+    "StopAtMetric",
+    "Strategy",
+    "Weights",
+    "__version__",
+    "fedavg",
+    "simulate",
+]

@@ -1,0 +1,123 @@
+"""The mean family: weighted mean (FedAvg) as a streaming fold in O(model) memory.
+
+`WeightedMean.fold` keeps one accumulator of the update's dtype and adds each
+arriving update scaled by its weight (BLAS ``axpy`` through SciPy when it is
+installed: one pass over memory; a cache-sized chunked NumPy loop otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from fedloom.aggregators.base import Aggregator, Fold
+from fedloom.core import Vector
+from fedloom.errors import AggregationError
+
+__all__ = ["Mean", "WeightedMean"]
+
+_CHUNK = 1 << 15
+
+Axpy = Callable[[Vector, Vector, float], None]
+
+
+def _numpy_axpy(x: Vector, y: Vector, a: float) -> None:
+    scratch = np.empty(min(_CHUNK, y.size), dtype=y.dtype)
+    scale = y.dtype.type(a)
+    for start in range(0, y.size, _CHUNK):
+        stop = min(start + _CHUNK, y.size)
+        tmp = scratch[: stop - start]
+        np.multiply(x[start:stop], scale, out=tmp)
+        np.add(y[start:stop], tmp, out=y[start:stop])
+
+
+def _blas_axpy(dtype: np.dtype[np.floating]) -> Axpy:
+    try:
+        from scipy.linalg.blas import get_blas_funcs
+    except ImportError:
+        return _numpy_axpy
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        return _numpy_axpy
+    blas = get_blas_funcs("axpy", dtype=dtype)
+
+    def axpy(x: Vector, y: Vector, a: float) -> None:
+        out = blas(x, y, a=a)
+        if out is not y:  # SciPy copies only for inputs BLAS cannot take in place
+            y[...] = out
+
+    return axpy
+
+
+class _MeanFold:
+    """Running sum of ``weight * update``, divided by the total weight at the end."""
+
+    def __init__(self, dim: int, dtype: DTypeLike, *, weighted: bool) -> None:
+        self._dtype: np.dtype[np.floating] = np.dtype(dtype)  # type: ignore[assignment]
+        self._sum = np.zeros(dim, dtype=self._dtype)
+        self._axpy = _blas_axpy(self._dtype)
+        self._weighted = weighted
+        self._total = 0.0
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def add(self, update: Vector, weight: float) -> None:
+        scale = float(weight) if self._weighted else 1.0
+        if scale < 0 or not np.isfinite(scale):
+            raise AggregationError(
+                f"update weights must be finite and >= 0, got {weight}. Weights are the "
+                "clients' num_examples; check what the client reports."
+            )
+        if self._count == 0:
+            np.multiply(update, self._dtype.type(scale), out=self._sum)
+        elif scale:
+            self._axpy(update, self._sum, scale)
+        self._total += scale
+        self._count += 1
+
+    def result(self) -> Vector:
+        if self._count == 0:
+            raise AggregationError("no update was added, so there is nothing to average.")
+        if self._total == 0:
+            raise AggregationError(
+                f"all {self._count} updates have weight 0 (num_examples == 0), so their "
+                "weighted mean is undefined. Make clients report how many examples they used."
+            )
+        self._sum *= self._dtype.type(1.0 / self._total)
+        return self._sum
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightedMean(Aggregator):
+    """FedAvg's rule: ``sum_i n_i * u_i / sum_i n_i`` with ``n_i`` the clients' example counts."""
+
+    def aggregate(self, updates: NDArray[np.floating], weights: NDArray[np.floating]) -> Vector:
+        self._require(len(updates))
+        total = float(np.sum(weights, dtype=np.float64))
+        if total <= 0:
+            raise AggregationError(
+                "all updates have weight 0, so their weighted mean is undefined. Make clients "
+                "report how many examples they used."
+            )
+        scaled = np.asarray(weights, dtype=updates.dtype) / updates.dtype.type(total)
+        return np.asarray(scaled @ updates, dtype=updates.dtype)
+
+    def fold(self, dim: int, dtype: DTypeLike) -> Fold:
+        return _MeanFold(dim, dtype, weighted=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mean(Aggregator):
+    """The unweighted mean ``sum_i u_i / k``: every client counts the same."""
+
+    def aggregate(self, updates: NDArray[np.floating], weights: NDArray[np.floating]) -> Vector:
+        self._require(len(updates))
+        return np.asarray(updates.mean(axis=0, dtype=updates.dtype), dtype=updates.dtype)
+
+    def fold(self, dim: int, dtype: DTypeLike) -> Fold:
+        return _MeanFold(dim, dtype, weighted=False)

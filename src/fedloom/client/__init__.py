@@ -1,0 +1,40 @@
+"""Client adapters: turn a model and its data into a fedloom Client.
+
+`FunctionClient` needs only NumPy; `TorchClient` (extra ``torch``) and
+`SklearnClient` (extra ``sklearn``) are imported on first use, so
+``import fedloom.client`` never pulls in a framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fedloom.client.function import FunctionClient
+
+if TYPE_CHECKING:
+    from fedloom.client.sklearn import SklearnClient
+    from fedloom.client.torch import TorchClient
+
+__all__ = ["FunctionClient", "SklearnClient", "TorchClient"]
+
+_LAZY = {
+    "TorchClient": ("fedloom.client.torch", "torch", "torch"),
+    "SklearnClient": ("fedloom.client.sklearn", "sklearn", "sklearn"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fedloom.client' has no attribute '{name}'")
+    module_name, package, extra = _LAZY[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != package:
+            raise
+        raise ImportError(
+            f"{name} needs the '{package}' package, which is not installed. "
+            f"Install it with: pip install 'fedloom[{extra}]'"
+        ) from exc
+    return getattr(module, name)

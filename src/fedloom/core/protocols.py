@@ -1,0 +1,54 @@
+"""The two protocols every layer shares: what a client does, and how the server reaches one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+from fedloom.core.messages import ClientId, Config, EvaluateRes, FitRes, Reply, Task
+from fedloom.core.weights import Weights, WeightsLike
+
+__all__ = ["Channel", "Client", "EvaluatingClient"]
+
+
+@runtime_checkable
+class Client(Protocol):
+    """What a participant does, in the shape Flower's NumPyClient users know.
+
+    `evaluate` is optional: a client without it is never asked to evaluate.
+    """
+
+    def get_weights(self) -> WeightsLike:
+        """Return the model's current weights (names and shapes define the global model)."""
+        ...
+
+    def fit(self, weights: Weights, config: Config) -> FitRes:
+        """Train from `weights` on local data and return the new weights."""
+        ...
+
+
+class EvaluatingClient(Client, Protocol):
+    """A client that can also evaluate weights on its local data."""
+
+    def evaluate(self, weights: Weights, config: Config) -> EvaluateRes:
+        """Evaluate `weights` on local data."""
+        ...
+
+
+class Channel(Protocol):
+    """How the orchestrator reaches clients: in-process, a process pool, or gRPC.
+
+    `run` sends each client its task and yields replies as they arrive, each
+    exactly once; a task that fails, or misses the deadline, yields a `Failure`.
+    The orchestrator never knows which transport is behind it.
+    """
+
+    def clients(self) -> Sequence[ClientId]:
+        """The clients available now, in a stable order."""
+        ...
+
+    def run(
+        self, tasks: Mapping[ClientId, Task], *, timeout_s: float | None
+    ) -> Iterator[tuple[ClientId, Reply]]:
+        """Run `tasks` and yield ``(client_id, reply)`` in arrival order."""
+        ...

@@ -1,0 +1,10 @@
+"""Partitioners that split a dataset's sample indices across clients, and datasets.
+
+`IID`, `Dirichlet` (label skew), `Shards` (label-sorted shards) and `ByKey` (one
+client per natural key) all implement `fedloom.core.Partitioner`; `PARTITIONERS`
+maps their configuration names to the classes.
+"""
+
+from fedloom.data.partitioners import IID, PARTITIONERS, ByKey, Dirichlet, Shards
+
+__all__ = ["IID", "PARTITIONERS", "ByKey", "Dirichlet", "Shards"]

@@ -1,0 +1,146 @@
+"""The exceptions fedloom raises, each saying what was wrong, what came, and how to fix it.
+
+::
+
+    FedloomError
+    ├── ConfigError (ValueError)      a parameter, TOML key or combination is invalid
+    ├── ProtocolError                 a peer broke the message contract
+    │   ├── DecodeError               bytes that do not parse as the expected message
+    │   └── InvalidResult             a result that does not match the global model
+    │       └── ShapeMismatch         a tensor with the wrong name, shape or dtype
+    ├── TransportError                the channel to a peer failed
+    │   ├── ConnectError
+    │   └── DeadlineExceeded
+    ├── ClientError                   user client code raised during a task
+    ├── AggregationError              results could not be combined
+    │   └── NotEnoughResults
+    └── PrivacyError
+        └── BudgetExhausted
+
+Every exception carries structured attributes as well as its text, so callers
+can react without parsing messages.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "AggregationError",
+    "BudgetExhausted",
+    "ClientError",
+    "ConfigError",
+    "ConnectError",
+    "DeadlineExceeded",
+    "DecodeError",
+    "FedloomError",
+    "InvalidResult",
+    "NotEnoughResults",
+    "PrivacyError",
+    "ProtocolError",
+    "ShapeMismatch",
+    "TransportError",
+    "did_you_mean",
+]
+
+
+def did_you_mean(value: str, options: Iterable[str]) -> str:
+    """Return `` Did you mean 'x'?`` for the closest option, or an empty string."""
+    matches = difflib.get_close_matches(value, list(options), n=1)
+    return f" Did you mean '{matches[0]}'?" if matches else ""
+
+
+class FedloomError(Exception):
+    """Base of every error fedloom raises on purpose."""
+
+
+class ConfigError(FedloomError, ValueError):
+    """A configuration value, key or combination is invalid.
+
+    Attributes:
+        field: the parameter or TOML path as the user wrote it, when known.
+        value: the value received, when known.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, value: object = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
+
+class ProtocolError(FedloomError):
+    """A peer sent something that breaks the message contract."""
+
+    def __init__(self, message: str, *, client_id: str | None = None) -> None:
+        super().__init__(message)
+        self.client_id = client_id
+
+
+class DecodeError(ProtocolError):
+    """Bytes that do not decode as the expected message."""
+
+
+class InvalidResult(ProtocolError):
+    """A client result that cannot be used (non-finite values, wrong count, bad type)."""
+
+    def __init__(
+        self, message: str, *, client_id: str | None = None, tensor: str | None = None
+    ) -> None:
+        super().__init__(message, client_id=client_id)
+        self.tensor = tensor
+
+
+class ShapeMismatch(InvalidResult):
+    """A tensor whose name, shape or dtype differs from the global model's."""
+
+
+class TransportError(FedloomError):
+    """The channel to a peer failed."""
+
+
+class ConnectError(TransportError):
+    """A peer could not be reached."""
+
+
+class DeadlineExceeded(TransportError):
+    """A task did not finish before its deadline."""
+
+
+class ClientError(FedloomError):
+    """User client code raised while running a task; the original is the ``__cause__``."""
+
+    def __init__(self, message: str, *, client_id: str | None = None) -> None:
+        super().__init__(message)
+        self.client_id = client_id
+
+
+class AggregationError(FedloomError):
+    """Results could not be combined into an update."""
+
+
+class NotEnoughResults(AggregationError):
+    """Fewer results arrived than a round or aggregator needs.
+
+    Attributes:
+        received: how many usable results arrived.
+        required: how many were needed.
+    """
+
+    def __init__(self, *, received: int, required: int, detail: str = "") -> None:
+        message = (
+            f"a round needs at least {required} results, got {received}."
+            f"{' ' + detail if detail else ''} Lower min_fit, sample more clients, "
+            "or fix the failing clients."
+        )
+        super().__init__(message)
+        self.received = received
+        self.required = required
+
+
+class PrivacyError(FedloomError):
+    """A privacy mechanism could not be applied as configured."""
+
+
+class BudgetExhausted(PrivacyError):
+    """The privacy budget would be exceeded by another round."""

@@ -1,0 +1,251 @@
+"""The one round loop: sample, fit, aggregate, evaluate, record — over any Channel.
+
+Simulation and deployment both run this loop; only the `Channel` differs.
+A client that fails (raises, times out, or returns weights that do not match
+the global model) fails only its own task: it is logged and recorded, and the
+round goes on while at least ``min_fit`` usable results arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from fedloom.core import (
+    Channel,
+    ClientId,
+    Config,
+    EvaluateRes,
+    Failure,
+    FitRes,
+    GetWeightsIns,
+    Metrics,
+    Scalar,
+    Weights,
+    WeightsLike,
+    WeightsRes,
+    derive_seed,
+    generator,
+    weighted_average,
+)
+from fedloom.errors import ConfigError, FedloomError, NotEnoughResults
+from fedloom.server.callbacks import Callback
+from fedloom.server.history import History, RoundRecord
+from fedloom.strategies import FitResult, Strategy, StrategyState
+
+__all__ = ["EvaluateFn", "Orchestrator", "RunResult"]
+
+logger = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[Weights, int], Metrics]
+"""A server-side evaluation: ``fn(weights, server_round) -> metrics`` (include "loss" if any)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult:
+    """What a run returns: its history, final weights, and why it stopped."""
+
+    history: History
+    weights: Weights
+    stop_reason: str
+
+
+class Orchestrator:
+    """Runs synchronous rounds of `strategy` over `channel`.
+
+    Args:
+        channel: how clients are reached.
+        strategy: sampling, aggregation and server optimizer.
+        rounds: the most rounds to run (a callback may stop earlier).
+        seed: the run seed; sampling and every client's ``config["seed"]`` derive from it.
+        evaluate_fn: optional central evaluation of the global weights after each round.
+        callbacks: hooks called in order at each step.
+        fit_timeout_s: deadline of a fit task (None: no deadline; channels that run
+            in-process cannot interrupt a client and ignore it).
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        strategy: Strategy,
+        *,
+        rounds: int,
+        seed: int = 0,
+        evaluate_fn: EvaluateFn | None = None,
+        callbacks: Sequence[Callback] = (),
+        fit_timeout_s: float | None = None,
+    ) -> None:
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ConfigError(
+                f"rounds must be an int >= 1, got {rounds!r}.", field="rounds", value=rounds
+            )
+        self._channel = channel
+        self._strategy = strategy
+        self._rounds = rounds
+        self._seed = seed
+        self._evaluate_fn = evaluate_fn
+        self._callbacks = tuple(callbacks)
+        self._fit_timeout_s = fit_timeout_s
+
+    def run(self, initial_weights: WeightsLike | None = None) -> RunResult:
+        """Run up to `rounds` rounds from `initial_weights` (or one client's weights).
+
+        Raises:
+            NotEnoughResults: a round got fewer than ``min_fit`` usable results.
+        """
+        weights = self._initial_weights(initial_weights)
+        state = self._strategy.init(weights)
+        history = History()
+        if self._evaluate_fn is not None:
+            history.append(RoundRecord(server_round=0, metrics=self._central(weights, 0)))
+        stop_reason = f"completed {self._rounds} rounds"
+        for server_round in range(1, self._rounds + 1):
+            state, record = self._round(server_round, state)
+            history.append(record)
+            stops = [cb for cb in self._callbacks if cb.on_round_end(record, state.weights)]
+            if stops:
+                stop_reason = stops[0].stop_reason or f"{type(stops[0]).__name__} stopped the run"
+                break
+        result = RunResult(history=history, weights=state.weights, stop_reason=stop_reason)
+        for callback in self._callbacks:
+            callback.on_run_end(result)
+        return result
+
+    def _initial_weights(self, initial: WeightsLike | None) -> Weights:
+        if isinstance(initial, Weights):
+            return initial
+        if isinstance(initial, Mapping):
+            return Weights(initial)
+        available = self._channel.clients()
+        if initial is not None or not available:
+            raise ConfigError(
+                "initial weights must be Weights or a mapping of tensor name -> array"
+                if initial is not None
+                else "no initial weights were given and no client is available to provide them. "
+                "Pass initial_weights=... or connect a client first.",
+                field="initial_weights",
+            )
+        first = available[0]
+        for client_id, reply in self._channel.run({first: GetWeightsIns()}, timeout_s=None):
+            if isinstance(reply, WeightsRes):
+                return _as_weights(reply.weights)
+            reason = reply.reason if isinstance(reply, Failure) else type(reply).__name__
+            raise ConfigError(
+                f"client '{client_id}' could not provide initial weights: {reason}. "
+                "Fix its get_weights(), or pass initial_weights=...",
+                field="initial_weights",
+            )
+        raise ConfigError(f"client '{first}' sent no reply to get_weights().")
+
+    def _round(self, server_round: int, state: StrategyState) -> tuple[StrategyState, RoundRecord]:
+        started = time.perf_counter()
+        for callback in self._callbacks:
+            callback.on_round_start(server_round)
+        available = self._channel.clients()
+        rng = generator(self._seed, "round", server_round)
+        tasks = self._strategy.configure_fit(server_round, state, available, rng)
+        tasks = {
+            cid: replace(ins, config=self._seeded(ins.config, server_round, cid))
+            for cid, ins in tasks.items()
+        }
+        failures: dict[ClientId, str] = {}
+        replies = self._channel.run(tasks, timeout_s=self._fit_timeout_s)
+        results = self._checked_fits(server_round, state.weights, replies, failures)
+        try:
+            state, fit_metrics = self._strategy.aggregate_fit(server_round, state, results)
+        except NotEnoughResults as exc:
+            summary = "; ".join(f"'{cid}': {why}" for cid, why in failures.items())
+            raise NotEnoughResults(
+                received=exc.received,
+                required=exc.required,
+                detail=f"Round {server_round} sampled {len(tasks)} clients."
+                + (f" Failures: {summary}." if summary else ""),
+            ) from exc
+        num_results = len(tasks) - len(failures)
+        metrics: dict[str, Scalar] = {f"fit.{k}": v for k, v in fit_metrics.items()}
+        for callback in self._callbacks:
+            callback.on_aggregate(server_round, state.weights, metrics)
+        metrics.update(self._evaluate(server_round, state, available, failures))
+        if self._evaluate_fn is not None:
+            metrics.update(self._central(state.weights, server_round))
+        for callback in self._callbacks:
+            callback.on_evaluate(server_round, metrics)
+        record = RoundRecord(
+            server_round=server_round,
+            metrics=metrics,
+            num_results=num_results,
+            failures=dict(failures),
+            duration_s=time.perf_counter() - started,
+        )
+        return state, record
+
+    def _checked_fits(
+        self,
+        server_round: int,
+        global_weights: Weights,
+        replies: Iterator[tuple[ClientId, object]],
+        failures: dict[ClientId, str],
+    ) -> Iterator[FitResult]:
+        """Yield each usable fit result as it arrives; record the rest as failures."""
+        for client_id, reply in replies:
+            try:
+                if isinstance(reply, Failure):
+                    raise _TaskFailed(reply.reason)
+                if not isinstance(reply, FitRes):
+                    raise _TaskFailed(f"expected a FitRes reply, got {type(reply).__name__}")
+                weights = global_weights.conform(reply.weights, client_id=client_id)
+            except (_TaskFailed, FedloomError) as exc:
+                failures[client_id] = str(exc)
+                logger.warning("round %d: client '%s' failed: %s", server_round, client_id, exc)
+                continue
+            yield FitResult(client_id, weights, reply.num_examples, reply.metrics)
+
+    def _evaluate(
+        self,
+        server_round: int,
+        state: StrategyState,
+        available: Sequence[ClientId],
+        failures: dict[ClientId, str],
+    ) -> dict[str, Scalar]:
+        rng = generator(self._seed, "evaluate", server_round)
+        tasks = self._strategy.configure_evaluate(server_round, state, available, rng)
+        if not tasks:
+            return {}
+        tasks = {
+            cid: replace(ins, config=self._seeded(ins.config, server_round, cid))
+            for cid, ins in tasks.items()
+        }
+        results: list[tuple[int, Metrics]] = []
+        for client_id, reply in self._channel.run(tasks, timeout_s=self._fit_timeout_s):
+            if isinstance(reply, EvaluateRes):
+                results.append((reply.num_examples, {**reply.metrics, "loss": reply.loss}))
+                continue
+            reason = reply.reason if isinstance(reply, Failure) else type(reply).__name__
+            logger.warning(
+                "round %d: client '%s' failed to evaluate: %s", server_round, client_id, reason
+            )
+        return {f"evaluate.{k}": v for k, v in weighted_average(results).items()}
+
+    def _seeded(self, config: Config, server_round: int, client_id: ClientId) -> Config:
+        """`config` plus the client's seed for this round, derived from the run seed."""
+        return {**config, "seed": derive_seed(self._seed, "client", client_id, server_round)}
+
+    def _central(self, weights: Weights, server_round: int) -> dict[str, Scalar]:
+        assert self._evaluate_fn is not None
+        metrics = self._evaluate_fn(weights, server_round)
+        return {f"central.{k}": v for k, v in metrics.items()}
+
+
+class _TaskFailed(Exception):
+    pass
+
+
+def _as_weights(value: WeightsLike) -> Weights:
+    """Weights from what get_weights() returned; a list of arrays gets names "0", "1", ..."""
+    if isinstance(value, Weights):
+        return value
+    if isinstance(value, Mapping):
+        return Weights(value)
+    return Weights({str(index): array for index, array in enumerate(value)})

@@ -1,0 +1,167 @@
+"""A strategy is a composition: who takes part, how results combine, how the model moves.
+
+`Strategy` holds only hyperparameters and parts; everything that changes from
+round to round lives in `StrategyState`, passed in and returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from fedloom.aggregators import Aggregator, WeightedMean
+from fedloom.core import (
+    ClientId,
+    Config,
+    EvaluateIns,
+    FitIns,
+    Metrics,
+    Scalar,
+    Weights,
+    weighted_average,
+)
+from fedloom.errors import ConfigError, NotEnoughResults
+from fedloom.strategies.optimizers import SGD, OptimizerState, ServerOptimizer
+from fedloom.strategies.samplers import All, Sampler
+
+__all__ = ["FitResult", "Strategy", "StrategyState"]
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    """A fit result the orchestrator has checked: its weights match the global model."""
+
+    client_id: ClientId
+    weights: Weights
+    num_examples: int
+    metrics: Metrics
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StrategyState:
+    """The global weights and the server optimizer's state after some round."""
+
+    weights: Weights
+    optimizer: OptimizerState = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Strategy:
+    """Sampler + aggregator + server optimizer, with the round's minimum and client config.
+
+    Args:
+        sampler: who trains in a round.
+        aggregator: how their updates (new minus global weights) combine.
+        server_opt: how the combined update moves the global weights.
+        evaluate_sampler: who evaluates after a round; None skips federated evaluation.
+        min_fit: the fewest usable results a round needs; fewer stops the run.
+        config: sent to every client with each task (e.g. ``{"local_epochs": 2}``).
+    """
+
+    sampler: Sampler = field(default_factory=All)
+    aggregator: Aggregator = field(default_factory=WeightedMean)
+    server_opt: ServerOptimizer = field(default_factory=SGD)
+    evaluate_sampler: Sampler | None = field(default_factory=All)
+    min_fit: int = 1
+    config: Mapping[str, Scalar] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_fit, bool) or not isinstance(self.min_fit, int) or self.min_fit < 1:
+            raise ConfigError(
+                f"min_fit must be an int >= 1, got {self.min_fit!r}. It is the fewest results "
+                "a round needs to count.",
+                field="min_fit",
+                value=self.min_fit,
+            )
+        for key, value in self.config.items():
+            if not isinstance(value, bool | int | float | str):
+                raise ConfigError(
+                    f"config[{key!r}] is {type(value).__name__}; client config values must be "
+                    "bool, int, float or str.",
+                    field=f"config.{key}",
+                    value=value,
+                )
+
+    def init(self, weights: Weights) -> StrategyState:
+        """The state before round 1."""
+        return StrategyState(weights=weights, optimizer=self.server_opt.init(weights.flat))
+
+    def configure_fit(
+        self,
+        server_round: int,
+        state: StrategyState,
+        available: Sequence[ClientId],
+        rng: np.random.Generator,
+    ) -> dict[ClientId, FitIns]:
+        """The fit task of each client sampled for `server_round`."""
+        chosen = self.sampler.sample(available, rng)
+        return {
+            client_id: FitIns(weights=state.weights, config=self._config(server_round))
+            for client_id in chosen
+        }
+
+    def configure_evaluate(
+        self,
+        server_round: int,
+        state: StrategyState,
+        available: Sequence[ClientId],
+        rng: np.random.Generator,
+    ) -> dict[ClientId, EvaluateIns]:
+        """The evaluate task of each client sampled after `server_round`."""
+        if self.evaluate_sampler is None:
+            return {}
+        chosen = self.evaluate_sampler.sample(available, rng)
+        return {
+            client_id: EvaluateIns(weights=state.weights, config=self._config(server_round))
+            for client_id in chosen
+        }
+
+    def aggregate_fit(
+        self, server_round: int, state: StrategyState, results: Iterable[FitResult]
+    ) -> tuple[StrategyState, dict[str, Scalar]]:
+        """Fold `results` one at a time into the new state.
+
+        `results` is consumed lazily, so a round holds one client's update at a
+        time when the aggregator streams.
+
+        Raises:
+            NotEnoughResults: fewer than ``min_fit`` (or the aggregator's minimum) arrived.
+        """
+        params = state.weights.flat
+        fold = self.aggregator.fold(params.size, params.dtype)
+        client_metrics: list[tuple[int, Metrics]] = []
+        for result in results:
+            fold.add(result.weights.flat - params, float(result.num_examples))
+            client_metrics.append((result.num_examples, result.metrics))
+        required = max(self.min_fit, self.aggregator.min_results)
+        if fold.count < required:
+            raise NotEnoughResults(received=fold.count, required=required)
+        new_params, optimizer = self.server_opt.step(params, fold.result(), state.optimizer)
+        weights = Weights.from_flat(state.weights.spec, new_params)
+        return replace(state, weights=weights, optimizer=optimizer), weighted_average(
+            client_metrics
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        """The strategy's parts and hyperparameters as a JSON-able dict (for the run record)."""
+        return {
+            "sampler": _describe(self.sampler),
+            "aggregator": _describe(self.aggregator),
+            "server_opt": _describe(self.server_opt),
+            "evaluate_sampler": None
+            if self.evaluate_sampler is None
+            else _describe(self.evaluate_sampler),
+            "min_fit": self.min_fit,
+            "config": dict(self.config),
+        }
+
+    def _config(self, server_round: int) -> Config:
+        return {**self.config, "server_round": server_round}
+
+
+def _describe(part: object) -> dict[str, Any]:
+    fields = getattr(part, "__dataclass_fields__", {})
+    return {"name": type(part).__name__, **{name: getattr(part, name) for name in fields}}
