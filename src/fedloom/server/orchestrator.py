@@ -98,32 +98,42 @@ class Orchestrator:
         weights = self._initial_weights(initial_weights)
         state = self._strategy.init(weights)
         history = History()
-        if self._evaluate_fn is not None:
-            history.append(RoundRecord(server_round=0, metrics=self._central(weights, 0)))
+        stop = ""
         stop_reason = f"completed {self._rounds} rounds"
+        if self._evaluate_fn is not None:
+            record = RoundRecord(server_round=0, metrics=self._central(weights, 0))
+            stop = self._record(history, record, weights)
+            stop_reason = stop or stop_reason
         for server_round in range(1, self._rounds + 1):
-            state, record = self._round(server_round, state)
-            history.append(record)
-            stops = [cb for cb in self._callbacks if cb.on_round_end(record, state.weights)]
-            if stops:
-                stop_reason = stops[0].stop_reason or f"{type(stops[0]).__name__} stopped the run"
+            if stop:
                 break
+            state, record = self._round(server_round, state)
+            stop = self._record(history, record, state.weights)
+            stop_reason = stop or stop_reason
         result = RunResult(history=history, weights=state.weights, stop_reason=stop_reason)
         for callback in self._callbacks:
             callback.on_run_end(result)
         return result
 
+    def _record(self, history: History, record: RoundRecord, weights: Weights) -> str:
+        """Append `record`, tell the callbacks, and return why the run stops ("" to go on).
+
+        Round 0 (the central evaluation of the initial weights) is recorded too,
+        so a stop rule or KeepBest may act on it.
+        """
+        history.append(record)
+        stops = [cb for cb in self._callbacks if cb.on_round_end(record, weights)]
+        if not stops:
+            return ""
+        return stops[0].stop_reason or f"{type(stops[0]).__name__} stopped the run"
+
     def _initial_weights(self, initial: WeightsLike | None) -> Weights:
-        if isinstance(initial, Weights):
-            return initial
-        if isinstance(initial, Mapping):
-            return Weights(initial)
+        if initial is not None:
+            return _as_weights(initial)
         available = self._channel.clients()
-        if initial is not None or not available:
+        if not available:
             raise ConfigError(
-                "initial weights must be Weights or a mapping of tensor name -> array"
-                if initial is not None
-                else "no initial weights were given and no client is available to provide them. "
+                "no initial weights were given and no client is available to provide them. "
                 "Pass initial_weights=... or connect a client first.",
                 field="initial_weights",
             )
@@ -166,12 +176,12 @@ class Orchestrator:
         num_results = len(tasks) - len(failures)
         metrics: dict[str, Scalar] = {f"fit.{k}": v for k, v in fit_metrics.items()}
         for callback in self._callbacks:
-            callback.on_aggregate(server_round, state.weights, metrics)
-        metrics.update(self._evaluate(server_round, state, available, failures))
+            callback.on_aggregate(server_round, state.weights, dict(metrics))
+        metrics.update(self._evaluate(server_round, state, available))
         if self._evaluate_fn is not None:
             metrics.update(self._central(state.weights, server_round))
         for callback in self._callbacks:
-            callback.on_evaluate(server_round, metrics)
+            callback.on_evaluate(server_round, dict(metrics))
         record = RoundRecord(
             server_round=server_round,
             metrics=metrics,
@@ -207,7 +217,6 @@ class Orchestrator:
         server_round: int,
         state: StrategyState,
         available: Sequence[ClientId],
-        failures: dict[ClientId, str],
     ) -> dict[str, Scalar]:
         rng = generator(self._seed, "evaluate", server_round)
         tasks = self._strategy.configure_evaluate(server_round, state, available, rng)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedloom.core import Partitioner, WeightsLike
+from fedloom.errors import ConfigError
 from fedloom.server import Callback, EvaluateFn, Orchestrator, RunResult
 from fedloom.strategies import Strategy, fedavg
 from fedloom.transport.inprocess import ClientFn, InProcessChannel
@@ -47,10 +48,10 @@ def simulate(
         The history, the final weights and why the run stopped.
 
     Example:
-        >>> from fedloom.client import NumPyClient
+        >>> from fedloom.client import FunctionClient
         >>> def client_fn(context):
         ...     target = float(context.partition_id)
-        ...     return NumPyClient(
+        ...     return FunctionClient(
         ...         weights={"x": [0.0]},
         ...         fit=lambda w, config: ({"x": w["x"] + 0.5 * (target - w["x"])}, 1, {}),
         ...     )
@@ -58,8 +59,6 @@ def simulate(
         >>> round(float(result.weights["x"][0]), 3)
         1.0
     """
-    from fedloom.errors import ConfigError
-
     if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
         raise ConfigError(
             f"num_clients must be an int >= 1, got {num_clients!r}.",

@@ -1,0 +1,10 @@
+"""Shared test setup: make ``tests/`` importable so every test can ``import generators``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_TESTS_DIR = str(Path(__file__).parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
