@@ -129,7 +129,8 @@ class NotEnoughResults(AggregationError):
 
     def __init__(self, *, received: int, required: int, detail: str = "") -> None:
         message = (
-            f"a round needs at least {required} results, got {received}."
+            f"a round needs at least {required} result{'s' if required != 1 else ''}, "
+            f"got {received}."
             f"{' ' + detail if detail else ''} Lower min_fit, sample more clients, "
             "or fix the failing clients."
         )

@@ -61,18 +61,22 @@ class _MeanFold:
         self._weighted = weighted
         self._total = 0.0
         self._count = 0
+        self._done = False
 
     @property
     def count(self) -> int:
         return self._count
 
     def add(self, update: Vector, weight: float) -> None:
-        scale = float(weight) if self._weighted else 1.0
-        if scale < 0 or not np.isfinite(scale):
+        if self._done:
+            raise AggregationError("this fold's result() was already taken; start a new fold.")
+        if update.shape != self._sum.shape:
             raise AggregationError(
-                f"update weights must be finite and >= 0, got {weight}. Weights are the "
-                "clients' num_examples; check what the client reports."
+                f"an update of shape {update.shape} cannot join a fold of length "
+                f"{self._sum.size}; every update must be a 1-D vector of the model's size."
             )
+        _check_weight(float(weight))
+        scale = float(weight) if self._weighted else 1.0
         if self._count == 0:
             np.multiply(update, self._dtype.type(scale), out=self._sum)
         elif scale:
@@ -81,6 +85,8 @@ class _MeanFold:
         self._count += 1
 
     def result(self) -> Vector:
+        if self._done:
+            return self._sum
         if self._count == 0:
             raise AggregationError("no update was added, so there is nothing to average.")
         if self._total == 0:
@@ -89,7 +95,16 @@ class _MeanFold:
                 "weighted mean is undefined. Make clients report how many examples they used."
             )
         self._sum *= self._dtype.type(1.0 / self._total)
+        self._done = True
         return self._sum
+
+
+def _check_weight(weight: float) -> None:
+    if weight < 0 or not np.isfinite(weight):
+        raise AggregationError(
+            f"update weights must be finite and >= 0, got {weight}. Weights are the "
+            "clients' num_examples; check what the client reports."
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +113,8 @@ class WeightedMean(Aggregator):
 
     def aggregate(self, updates: NDArray[np.floating], weights: NDArray[np.floating]) -> Vector:
         self._require(len(updates))
+        for weight in np.asarray(weights, dtype=np.float64):
+            _check_weight(float(weight))
         total = float(np.sum(weights, dtype=np.float64))
         if total <= 0:
             raise AggregationError(

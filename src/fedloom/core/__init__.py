@@ -17,7 +17,7 @@ from fedloom.core.messages import (
     WeightsRes,
 )
 from fedloom.core.metrics import weighted_average
-from fedloom.core.protocols import Channel, Client, EvaluatingClient
+from fedloom.core.protocols import Channel, Client, EvaluatingClient, PluginClient
 from fedloom.core.rng import derive_seed, generator
 from fedloom.core.weights import Vector, VectorSpec, Weights, WeightsLike
 
@@ -36,6 +36,7 @@ __all__ = [
     "GetWeightsIns",
     "Metrics",
     "Partitioner",
+    "PluginClient",
     "Reply",
     "Scalar",
     "Task",

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from fedloom.core.weights import Weights, WeightsLike
+from fedloom.core.weights import Vector, Weights, WeightsLike
 from fedloom.errors import InvalidResult
 
 __all__ = [
@@ -51,7 +51,9 @@ def _check_metrics(metrics: object, what: str) -> None:
             f"{type(metrics).__name__}."
         )
     for key, value in metrics.items():
-        if not isinstance(key, str) or not isinstance(value, bool | int | float | str):
+        if not isinstance(key, str):
+            raise InvalidResult(f"{what}.metrics keys must be str, got {key!r}.")
+        if not isinstance(value, bool | int | float | str):
             raise InvalidResult(
                 f"{what}.metrics[{key!r}] is {type(value).__name__}; metrics hold "
                 "bool, int, float or str values. Convert tensors with float(...)."
@@ -74,10 +76,16 @@ class WeightsRes:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FitIns:
-    """Train from `weights` with `config` (it always holds ``server_round`` and ``seed``)."""
+    """Train from `weights` with `config` (it always holds ``server_round`` and ``seed``).
+
+    `tensors` carries flat vectors that client plug-ins need from the server
+    (SCAFFOLD's server control variate, for instance), named
+    ``"<plugin>.<what>"``; ``config["plugins"]`` lists the plug-ins to apply.
+    """
 
     weights: Weights
     config: Config
+    tensors: Mapping[str, Vector] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,8 @@ class FitRes:
     weights: WeightsLike
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    tensors: Mapping[str, Vector] = field(default_factory=dict)
+    """Flat vectors for the server's half of a plug-in (e.g. SCAFFOLD's control delta)."""
 
     def __post_init__(self) -> None:
         _check_num_examples(self.num_examples, "FitRes")

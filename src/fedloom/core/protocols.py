@@ -6,9 +6,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from fedloom.core.messages import ClientId, Config, EvaluateRes, FitRes, Reply, Task
-from fedloom.core.weights import Weights, WeightsLike
+from fedloom.core.weights import Vector, Weights, WeightsLike
 
-__all__ = ["Channel", "Client", "EvaluatingClient"]
+__all__ = ["Channel", "Client", "EvaluatingClient", "PluginClient"]
 
 
 @runtime_checkable
@@ -32,6 +32,25 @@ class EvaluatingClient(Client, Protocol):
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateRes:
         """Evaluate `weights` on local data."""
+        ...
+
+
+class PluginClient(Client, Protocol):
+    """A client that applies client plug-ins (FedProx, SCAFFOLD, FedNova, regularizers).
+
+    The runtime hands it the server's plug-in tensors and the state it kept
+    for this client since its last task, and keeps the state it returns: a
+    client built afresh for every task still has persistent state.
+    """
+
+    def fit_plugins(
+        self,
+        weights: Weights,
+        config: Config,
+        tensors: Mapping[str, Vector],
+        state: Mapping[str, Vector],
+    ) -> tuple[FitRes, dict[str, Vector]]:
+        """Train like `fit`, applying the plug-ins named in ``config["plugins"]``."""
         ...
 
 

@@ -15,8 +15,8 @@ __all__ = ["derive_seed", "generator"]
 
 
 def _key(part: int | str) -> int:
-    if isinstance(part, int):
-        return part & 0xFFFFFFFF
+    if isinstance(part, int):  # zigzag: distinct for every int, negative ones included
+        return 2 * part if part >= 0 else -2 * part - 1
     return zlib.crc32(part.encode())
 
 

@@ -40,7 +40,13 @@ class VectorSpec:
             )
         if len(set(self.names)) != len(self.names):
             raise ConfigError(f"VectorSpec tensor names must be unique, got {list(self.names)}.")
-        if not np.issubdtype(np.dtype(self.dtype), np.floating):
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError as exc:
+            raise ConfigError(
+                f"VectorSpec dtype {self.dtype!r} is not a numpy dtype; use e.g. 'float32'."
+            ) from exc
+        if not np.issubdtype(dtype, np.floating):
             raise ConfigError(
                 f"Weights hold floating-point tensors, got dtype {self.dtype}. "
                 "Cast the tensors to a float dtype, or keep integer state (such as counters) "
@@ -166,7 +172,7 @@ class Weights(Mapping[str, NDArray[np.floating]]):
         return [self._views[name].copy() for name in self._spec.names]
 
     def equals(self, other: Weights) -> bool:
-        """True when `other` has the same layout and bit-identical values."""
+        """True when `other` has the same layout and equal values (NaN never equals)."""
         return self._spec == other._spec and bool(np.array_equal(self._flat, other._flat))
 
     def conform(self, value: WeightsLike, *, client_id: str) -> Weights:

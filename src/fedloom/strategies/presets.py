@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 
 from fedloom.aggregators import WeightedMean
 from fedloom.core import Scalar
+from fedloom.errors import ConfigError
 from fedloom.strategies.optimizers import SGD
 from fedloom.strategies.samplers import All, Fraction, Sampler
 from fedloom.strategies.strategy import Strategy
@@ -19,6 +20,18 @@ def _sampler(fraction: float, min_clients: int) -> Sampler:
         if fraction == 1.0 and min_clients <= 1
         else Fraction(fraction=fraction, min_clients=min_clients)
     )
+
+
+def _check_fraction(value: float, name: str, *, allow_zero: bool) -> None:
+    low = "[0" if allow_zero else "(0"
+    in_range = (0 <= value <= 1) if allow_zero else (0 < value <= 1)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not in_range:
+        raise ConfigError(
+            f"{name} must be in {low}, 1], got {value!r}. Pass a share of the available clients "
+            f"(e.g. 0.1){', or 0 to skip it' if allow_zero else ''}.",
+            field=name,
+            value=value,
+        )
 
 
 def fedavg(
@@ -48,6 +61,18 @@ def fedavg(
         >>> fedavg(fraction_fit=0.5).sampler
         Fraction(fraction=0.5, min_clients=1)
     """
+    _check_fraction(fraction_fit, "fraction_fit", allow_zero=False)
+    _check_fraction(fraction_evaluate, "fraction_evaluate", allow_zero=True)
+    if (
+        isinstance(min_fit_clients, bool)
+        or not isinstance(min_fit_clients, int)
+        or min_fit_clients < 1
+    ):
+        raise ConfigError(
+            f"min_fit_clients must be an int >= 1, got {min_fit_clients!r}.",
+            field="min_fit_clients",
+            value=min_fit_clients,
+        )
     return Strategy(
         sampler=_sampler(fraction_fit, min_fit_clients),
         aggregator=WeightedMean(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -60,7 +61,8 @@ class Fraction:
             )
 
     def sample(self, available: Sequence[ClientId], rng: np.random.Generator) -> list[ClientId]:
-        k = max(self.min_clients, int(np.ceil(self.fraction * len(available))))
+        # round first: 0.07 * 100 is 7.000000000000001 in floating point, not 8 clients' worth
+        k = max(self.min_clients, math.ceil(round(self.fraction * len(available), 9)))
         return _choose(available, k, rng)
 
 

@@ -23,6 +23,7 @@ from fedloom.core import (
     Partitioner,
     Reply,
     Task,
+    Vector,
     WeightsRes,
 )
 from fedloom.core.protocols import Client
@@ -57,6 +58,7 @@ class InProcessChannel:
         self._ids = tuple(str(index) for index in range(num_clients))
         self._seed = seed
         self._partitioner = partitioner
+        self._states: dict[ClientId, dict[str, Vector]] = {}
 
     def clients(self) -> Sequence[ClientId]:
         return self._ids
@@ -80,6 +82,8 @@ class InProcessChannel:
     def _run_one(self, client_id: ClientId, task: Task) -> Reply:
         try:
             client = self._client_fn(self.context(client_id))
+            if isinstance(task, FitIns) and task.config.get("plugins"):
+                return self._fit_plugins(client_id, client, task)
             return _dispatch(client, task)
         except Exception as exc:  # a user's client must not take the run down
             logger.debug("client '%s' raised", client_id, exc_info=True)
@@ -88,6 +92,22 @@ class InProcessChannel:
                 reason=f"client '{client_id}' raised {type(exc).__name__}: {exc}",
                 error=exc,
             )
+
+    def _fit_plugins(self, client_id: ClientId, client: Client, task: FitIns) -> Reply:
+        """Fit with plug-ins, keeping the client's plug-in state here between its tasks."""
+        fit_plugins = getattr(client, "fit_plugins", None)
+        if fit_plugins is None:
+            raise TypeError(
+                f"the strategy uses client plug-ins ({task.config['plugins']}) but "
+                f"{type(client).__name__} does not apply plug-ins. Use TorchClient or "
+                "GradientClient, or a strategy without plug-ins."
+            )
+        state = self._states.get(client_id, {})
+        result, new_state = fit_plugins(task.weights, task.config, task.tensors, state)
+        if not isinstance(result, FitRes):
+            raise TypeError(f"fit_plugins() must return FitRes, got {type(result).__name__}")
+        self._states[client_id] = dict(new_state)
+        return result
 
 
 def _dispatch(client: Client, task: Task) -> Reply:

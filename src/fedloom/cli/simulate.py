@@ -1,0 +1,156 @@
+"""``fedloom simulate CONFIG.toml``: run a whole federation in this process from a TOML config.
+
+The config is loaded and every object built before anything is written, so a
+bad config exits with status 2 and creates no run folder. The run folder
+(``[run].dir``/``[run].name``, or ``--run-dir``) gets ``config.json``,
+``history.json`` after every round, ``weights.safetensors`` at the end, and
+``best.safetensors`` when ``[stop].keep_best`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fedloom.config import Federation, SimulationConfig, load_config
+from fedloom.errors import ConfigError, FedloomError
+from fedloom.observe import ProgressBar, format_metrics
+from fedloom.server import KeepBest, RunResult
+from fedloom.simulation import simulate
+from fedloom.store import RunFolder
+from fedloom.transport.codec import save_weights
+
+__all__ = ["BEST_FILE", "add_parser", "run"]
+
+BEST_FILE = "best.safetensors"
+
+_SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
+
+
+def add_parser(subparsers: _SubParsers[argparse.ArgumentParser]) -> None:
+    """Register ``simulate`` and its options on the ``fedloom`` parser."""
+    parser = subparsers.add_parser(
+        "simulate",
+        help="run a federation in this process from a TOML config",
+        description="Run a federation in this process from a TOML config "
+        "(the format is documented in fedloom.config).",
+    )
+    parser.add_argument("config", metavar="CONFIG.toml", type=Path, help="the config file")
+    parser.add_argument(
+        "--rounds", type=_positive_int, metavar="N", help="run N rounds (overrides [run].rounds)"
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help="parent folder of the run folder (overrides [run].dir)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="print no progress bar or per-round lines"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, run the federation, write the run folder, print a summary.
+
+    Returns:
+        0 on success, 2 for an invalid config, 1 when the run failed
+        (e.g. too few clients returned results), 130 when interrupted.
+    """
+    try:
+        config = load_config(args.config)
+        if args.rounds is not None:
+            config = replace(config, run=replace(config.run, rounds=args.rounds))
+        federation = config.build()
+    except ConfigError as exc:
+        return _fail(exc, status=2)
+    folder = _run_folder(config, args.run_dir)
+    callbacks = [*federation.callbacks, RunFolder(folder, config=_record(config, federation))]
+    progress = None if args.no_progress else ProgressBar(rounds=federation.rounds)
+    try:
+        result = simulate(
+            federation.client_fn,
+            num_clients=federation.num_clients,
+            rounds=federation.rounds,
+            strategy=federation.strategy,
+            seed=federation.seed,
+            partitioner=federation.partitioner,
+            initial_weights=federation.initial_weights,
+            evaluate_fn=federation.evaluate_fn,
+            callbacks=[*callbacks, *([progress] if progress is not None else [])],
+        )
+    except ConfigError as exc:
+        return _fail(exc, status=2, folder=folder)
+    except FedloomError as exc:
+        return _fail(exc, status=1, folder=folder)
+    except KeyboardInterrupt:
+        print(f"interrupted; the rounds done so far are in {folder}", file=sys.stderr)
+        return 130
+    finally:
+        if progress is not None:
+            progress.close()
+    _summarize(result, folder, federation.keep_best)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _fail(error: Exception, *, status: int, folder: Path | None = None) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    if folder is not None:
+        print(f"the rounds done so far are in {folder}", file=sys.stderr)
+    return status
+
+
+def _run_folder(config: SimulationConfig, run_dir: Path | None) -> Path:
+    """``<dir>/<name>``; a generated name gets a ``-2``, ``-3``... suffix if it is taken."""
+    parent = run_dir if run_dir is not None else Path(config.run.dir)
+    if config.run.name is not None:
+        return parent / config.run.name
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    folder, suffix = parent / f"{config.path.stem}-{stamp}", 1
+    while folder.exists():
+        suffix += 1
+        folder = parent / f"{config.path.stem}-{stamp}-{suffix}"
+    return folder
+
+
+def _record(config: SimulationConfig, federation: Federation) -> dict[str, Any]:
+    """What ``config.json`` holds: the checked config and what it resolved to."""
+    resolved = {
+        "strategy": federation.strategy.get_config(),
+        "partitioner": None if federation.partitioner is None else repr(federation.partitioner),
+        "callbacks": [repr(callback) for callback in federation.callbacks],
+    }
+    record = {"file": str(config.path.resolve()), "config": config.to_dict(), "resolved": resolved}
+    # Values are plain TOML scalars and dataclass fields; str() covers anything else.
+    loaded: dict[str, Any] = json.loads(json.dumps(record, default=str))
+    return loaded
+
+
+def _summarize(result: RunResult, folder: Path, keep_best: KeepBest | None) -> None:
+    if len(result.history):
+        last = result.history[-1]
+        print(f"final (round {last.server_round}): {format_metrics(last.metrics, limit=8)}")
+    print(f"stopped: {result.stop_reason}")
+    if keep_best is not None and keep_best.weights is not None:
+        save_weights(folder / BEST_FILE, keep_best.weights)
+        print(
+            f"best {keep_best.metric} = {keep_best.value:.4g} at round {keep_best.server_round}: "
+            f"{folder / BEST_FILE}"
+        )
+    print(f"run folder: {folder}")
