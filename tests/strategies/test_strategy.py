@@ -403,6 +403,7 @@ def test_strategy_get_config_lists_every_part() -> None:
         "evaluate_sampler": {"name": "All"},
         "min_fit": 1,
         "config": {"epochs": 2},
+        "plugins": [],
     }
 
 

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from fedloom.core import (
     Channel,
     ClientId,
@@ -23,6 +25,7 @@ from fedloom.core import (
     GetWeightsIns,
     Metrics,
     Scalar,
+    Vector,
     Weights,
     WeightsLike,
     WeightsRes,
@@ -30,7 +33,7 @@ from fedloom.core import (
     generator,
     weighted_average,
 )
-from fedloom.errors import ConfigError, FedloomError, NotEnoughResults
+from fedloom.errors import ConfigError, FedloomError, InvalidResult, NotEnoughResults, ShapeMismatch
 from fedloom.server.callbacks import Callback
 from fedloom.server.history import History, RoundRecord
 from fedloom.strategies import FitResult, Strategy, StrategyState
@@ -164,7 +167,9 @@ class Orchestrator:
         replies = self._channel.run(tasks, timeout_s=self._fit_timeout_s)
         results = self._checked_fits(server_round, state.weights, replies, failures)
         try:
-            state, fit_metrics = self._strategy.aggregate_fit(server_round, state, results)
+            state, fit_metrics = self._strategy.aggregate_fit(
+                server_round, state, results, num_available=len(available)
+            )
         except NotEnoughResults as exc:
             summary = "; ".join(f"'{cid}': {why}" for cid, why in failures.items())
             raise NotEnoughResults(
@@ -206,11 +211,14 @@ class Orchestrator:
                 if not isinstance(reply, FitRes):
                     raise _TaskFailed(f"expected a FitRes reply, got {type(reply).__name__}")
                 weights = global_weights.conform(reply.weights, client_id=client_id)
+                tensors = _checked_tensors(
+                    reply.tensors, global_weights, self._strategy.required_tensors, client_id
+                )
             except (_TaskFailed, FedloomError) as exc:
                 failures[client_id] = str(exc)
                 logger.warning("round %d: client '%s' failed: %s", server_round, client_id, exc)
                 continue
-            yield FitResult(client_id, weights, reply.num_examples, reply.metrics)
+            yield FitResult(client_id, weights, reply.num_examples, reply.metrics, tensors)
 
     def _evaluate(
         self,
@@ -245,6 +253,38 @@ class Orchestrator:
         assert self._evaluate_fn is not None
         metrics = self._evaluate_fn(weights, server_round)
         return {f"central.{k}": v for k, v in metrics.items()}
+
+
+def _checked_tensors(
+    tensors: Mapping[str, object], model: Weights, required: Sequence[str], client_id: ClientId
+) -> dict[str, Vector]:
+    """Plug-in tensors as finite flat vectors of the model's size and dtype."""
+    missing = [name for name in required if name not in tensors]
+    if missing:
+        raise InvalidResult(
+            f"client '{client_id}' sent no {missing} tensor, which the strategy's plug-ins need. "
+            "Does the client apply the strategy's plug-ins (TorchClient, GradientClient)?",
+            client_id=client_id,
+            tensor=missing[0],
+        )
+    checked: dict[str, Vector] = {}
+    for name, value in tensors.items():
+        vector = np.asarray(value)
+        if vector.shape != (model.spec.size,) or not np.issubdtype(vector.dtype, np.floating):
+            raise ShapeMismatch(
+                f"client '{client_id}' sent plug-in tensor '{name}' with shape {vector.shape} "
+                f"{vector.dtype}; expected ({model.spec.size},) floats, one per model weight.",
+                client_id=client_id,
+                tensor=name,
+            )
+        if not np.isfinite(vector).all():
+            raise InvalidResult(
+                f"client '{client_id}' sent plug-in tensor '{name}' with NaN or Inf values.",
+                client_id=client_id,
+                tensor=name,
+            )
+        checked[name] = vector.astype(model.spec.dtype, copy=False)
+    return checked
 
 
 class _TaskFailed(Exception):

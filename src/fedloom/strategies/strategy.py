@@ -7,7 +7,7 @@ round to round lives in `StrategyState`, passed in and returned.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,11 +20,13 @@ from fedloom.core import (
     FitIns,
     Metrics,
     Scalar,
+    Vector,
     Weights,
     weighted_average,
 )
 from fedloom.errors import ConfigError, NotEnoughResults
 from fedloom.strategies.optimizers import SGD, OptimizerState, ServerOptimizer
+from fedloom.strategies.plugins import Plugin
 from fedloom.strategies.samplers import All, Sampler
 
 __all__ = ["FitResult", "Strategy", "StrategyState"]
@@ -38,6 +40,7 @@ class FitResult:
     weights: Weights
     num_examples: int
     metrics: Metrics
+    tensors: Mapping[str, Vector] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +49,7 @@ class StrategyState:
 
     weights: Weights
     optimizer: OptimizerState = field(default_factory=dict)
+    plugins: Mapping[str, Vector] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +63,7 @@ class Strategy:
         evaluate_sampler: who evaluates after a round; None skips federated evaluation.
         min_fit: the fewest usable results a round needs; fewer stops the run.
         config: sent to every client with each task (e.g. ``{"local_epochs": 2}``).
+        plugins: client plug-ins (FedProx, SCAFFOLD, ...) and their server halves.
     """
 
     sampler: Sampler = field(default_factory=All)
@@ -67,8 +72,17 @@ class Strategy:
     evaluate_sampler: Sampler | None = field(default_factory=All)
     min_fit: int = 1
     config: Mapping[str, Scalar] = field(default_factory=dict)
+    plugins: tuple[Plugin, ...] = ()
 
     def __post_init__(self) -> None:
+        names = [plugin.name for plugin in self.plugins]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ConfigError(
+                f"each client plug-in may appear once, got {duplicated} more than once.",
+                field="plugins",
+                value=names,
+            )
         if isinstance(self.min_fit, bool) or not isinstance(self.min_fit, int) or self.min_fit < 1:
             raise ConfigError(
                 f"min_fit must be an int >= 1, got {self.min_fit!r}. It is the fewest results "
@@ -87,7 +101,17 @@ class Strategy:
 
     def init(self, weights: Weights) -> StrategyState:
         """The state before round 1."""
-        return StrategyState(weights=weights, optimizer=self.server_opt.init(weights.flat))
+        plugins: dict[str, Vector] = {}
+        for plugin in self.plugins:
+            plugins.update(plugin.init(weights.flat))
+        return StrategyState(
+            weights=weights, optimizer=self.server_opt.init(weights.flat), plugins=plugins
+        )
+
+    @property
+    def required_tensors(self) -> tuple[str, ...]:
+        """Tensors every fit result must carry for the plug-ins."""
+        return tuple(name for plugin in self.plugins for name in plugin.required_tensors)
 
     def configure_fit(
         self,
@@ -98,8 +122,12 @@ class Strategy:
     ) -> dict[ClientId, FitIns]:
         """The fit task of each client sampled for `server_round`."""
         chosen = self.sampler.sample(available, rng)
+        config = {**self._config(server_round), **self._plugin_config()}
+        tensors: dict[str, Vector] = {}
+        for plugin in self.plugins:
+            tensors.update(plugin.tensors(state.plugins))
         return {
-            client_id: FitIns(weights=state.weights, config=self._config(server_round))
+            client_id: FitIns(weights=state.weights, config=config, tensors=tensors)
             for client_id in chosen
         }
 
@@ -120,30 +148,59 @@ class Strategy:
         }
 
     def aggregate_fit(
-        self, server_round: int, state: StrategyState, results: Iterable[FitResult]
+        self,
+        server_round: int,
+        state: StrategyState,
+        results: Iterable[FitResult],
+        *,
+        num_available: int | None = None,
     ) -> tuple[StrategyState, dict[str, Scalar]]:
         """Fold `results` one at a time into the new state.
 
         `results` is consumed lazily, so a round holds one client's update at a
-        time when the aggregator streams.
+        time when the aggregator streams. Each update is ``new - global``
+        weights; plug-ins may rescale it before it is folded.
+
+        Args:
+            server_round: the round being aggregated.
+            state: the state the round started from (not modified).
+            results: checked fit results, in arrival order.
+            num_available: how many clients could have been sampled (SCAFFOLD's N);
+                defaults to the number of results.
 
         Raises:
             NotEnoughResults: fewer than ``min_fit`` (or the aggregator's minimum) arrived.
         """
         params = state.weights.flat
         fold = self.aggregator.fold(params.size, params.dtype)
+        rounds = [
+            plugin.start_round(
+                state.plugins, dim=params.size, dtype=params.dtype, num_available=num_available or 0
+            )
+            for plugin in self.plugins
+        ]
         client_metrics: list[tuple[int, Metrics]] = []
         for result in results:
-            fold.add(result.weights.flat - params, float(result.num_examples))
+            update: Vector = result.weights.flat - params
+            weight = float(result.num_examples)
+            for plugin_round in rounds:
+                update, weight = plugin_round.add(
+                    update, weight, tensors=result.tensors, metrics=result.metrics
+                )
+            fold.add(update, weight)
             client_metrics.append((result.num_examples, result.metrics))
         required = max(self.min_fit, self.aggregator.min_results)
         if fold.count < required:
             raise NotEnoughResults(received=fold.count, required=required)
-        new_params, optimizer = self.server_opt.step(params, fold.result(), state.optimizer)
+        update = fold.result()
+        plugin_state = dict(state.plugins)
+        for plugin_round in rounds:
+            update, changes = plugin_round.finish(update)
+            plugin_state.update(changes)
+        new_params, optimizer = self.server_opt.step(params, update, state.optimizer)
         weights = Weights.from_flat(state.weights.spec, new_params)
-        return replace(state, weights=weights, optimizer=optimizer), weighted_average(
-            client_metrics
-        )
+        new_state = StrategyState(weights=weights, optimizer=optimizer, plugins=plugin_state)
+        return new_state, weighted_average(client_metrics)
 
     def get_config(self) -> dict[str, Any]:
         """The strategy's parts and hyperparameters as a JSON-able dict (for the run record)."""
@@ -156,7 +213,16 @@ class Strategy:
             else _describe(self.evaluate_sampler),
             "min_fit": self.min_fit,
             "config": dict(self.config),
+            "plugins": [_describe(plugin) for plugin in self.plugins],
         }
+
+    def _plugin_config(self) -> dict[str, Scalar]:
+        if not self.plugins:
+            return {}
+        config: dict[str, Scalar] = {"plugins": ",".join(p.name for p in self.plugins)}
+        for plugin in self.plugins:
+            config.update(plugin.client_config())
+        return config
 
     def _config(self, server_round: int) -> Config:
         return {**self.config, "server_round": server_round}
