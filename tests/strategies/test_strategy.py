@@ -404,6 +404,7 @@ def test_strategy_get_config_lists_every_part() -> None:
         "min_fit": 1,
         "config": {"epochs": 2},
         "plugins": [],
+        "schedule": {"name": "Sync"},
     }
 
 

@@ -17,11 +17,18 @@ from fedloom.core.messages import (
     WeightsRes,
 )
 from fedloom.core.metrics import weighted_average
-from fedloom.core.protocols import Channel, Client, EvaluatingClient, PluginClient
+from fedloom.core.protocols import (
+    AsyncChannel,
+    Channel,
+    Client,
+    EvaluatingClient,
+    PluginClient,
+)
 from fedloom.core.rng import derive_seed, generator
 from fedloom.core.weights import Vector, VectorSpec, Weights, WeightsLike
 
 __all__ = [
+    "AsyncChannel",
     "Channel",
     "Client",
     "ClientContext",

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 from fedloom.core.messages import ClientId, Config, EvaluateRes, FitRes, Reply, Task
 from fedloom.core.weights import Vector, Weights, WeightsLike
 
-__all__ = ["Channel", "Client", "EvaluatingClient", "PluginClient"]
+__all__ = ["AsyncChannel", "Channel", "Client", "EvaluatingClient", "PluginClient"]
 
 
 @runtime_checkable
@@ -70,4 +70,20 @@ class Channel(Protocol):
         self, tasks: Mapping[ClientId, Task], *, timeout_s: float | None
     ) -> Iterator[tuple[ClientId, Reply]]:
         """Run `tasks` and yield ``(client_id, reply)`` in arrival order."""
+        ...
+
+
+class AsyncChannel(Channel, Protocol):
+    """A Channel that also runs tasks in the background, for asynchronous schedules.
+
+    `submit` starts tasks and returns at once; `collect` returns the next
+    finished one, each exactly once.
+    """
+
+    def submit(self, tasks: Mapping[ClientId, Task]) -> None:
+        """Start `tasks`; their replies come from `collect`."""
+        ...
+
+    def collect(self, *, timeout_s: float | None) -> tuple[ClientId, Reply] | None:
+        """The next finished task's reply, or None if none finished within `timeout_s`."""
         ...

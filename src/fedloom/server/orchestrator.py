@@ -34,9 +34,11 @@ from fedloom.core import (
     weighted_average,
 )
 from fedloom.errors import ConfigError, FedloomError, InvalidResult, NotEnoughResults, ShapeMismatch
+from fedloom.server.buffered import BufferedSource
 from fedloom.server.callbacks import Callback
 from fedloom.server.history import History, RoundRecord
 from fedloom.strategies import FitResult, Strategy, StrategyState
+from fedloom.strategies.schedules import Buffered
 
 __all__ = ["EvaluateFn", "Orchestrator", "RunResult"]
 
@@ -91,6 +93,18 @@ class Orchestrator:
         self._evaluate_fn = evaluate_fn
         self._callbacks = tuple(callbacks)
         self._fit_timeout_s = fit_timeout_s
+        self._buffer = (
+            BufferedSource(
+                channel,
+                strategy,
+                seed=seed,
+                timeout_s=fit_timeout_s,
+                check_fit=self._check_fit,
+                seeded=self._seeded,
+            )
+            if isinstance(strategy.schedule, Buffered)
+            else None
+        )
 
     def run(self, initial_weights: WeightsLike | None = None) -> RunResult:
         """Run up to `rounds` rounds from `initial_weights` (or one client's weights).
@@ -157,32 +171,49 @@ class Orchestrator:
         for callback in self._callbacks:
             callback.on_round_start(server_round)
         available = self._channel.clients()
-        rng = generator(self._seed, "round", server_round)
-        tasks = self._strategy.configure_fit(server_round, state, available, rng)
-        tasks = {
-            cid: replace(ins, config=self._seeded(ins.config, server_round, cid))
-            for cid, ins in tasks.items()
-        }
         failures: dict[ClientId, str] = {}
-        replies = self._channel.run(tasks, timeout_s=self._fit_timeout_s)
-        results = self._checked_fits(server_round, state.weights, replies, failures)
+        results: Iterator[FitResult]
+        if self._buffer is None:
+            rng = generator(self._seed, "round", server_round)
+            tasks = self._strategy.configure_fit(server_round, state, available, rng)
+            tasks = {
+                cid: replace(ins, config=self._seeded(ins.config, cid, (server_round,)))
+                for cid, ins in tasks.items()
+            }
+            replies = self._channel.run(tasks, timeout_s=self._fit_timeout_s)
+            results = self._checked_fits(server_round, state.weights, replies, failures)
+            awaited = f"sampled {len(tasks)} clients"
+        else:
+            results = self._buffer.results(server_round, state, failures)
+            awaited = f"awaited {self._strategy.schedule.buffer_size} results"  # type: ignore[union-attr]
+        num_results = 0
+
+        def counted(source: Iterator[FitResult]) -> Iterator[FitResult]:
+            nonlocal num_results
+            for result in source:
+                num_results += 1
+                yield result
+
         try:
             state, fit_metrics = self._strategy.aggregate_fit(
-                server_round, state, results, num_available=len(available)
+                server_round, state, counted(results), num_available=len(available)
             )
         except NotEnoughResults as exc:
             summary = "; ".join(f"'{cid}': {why}" for cid, why in failures.items())
             raise NotEnoughResults(
                 received=exc.received,
                 required=exc.required,
-                detail=f"Round {server_round} sampled {len(tasks)} clients."
+                detail=f"Round {server_round} {awaited}."
                 + (f" Failures: {summary}." if summary else ""),
             ) from exc
-        num_results = len(tasks) - len(failures)
         metrics: dict[str, Scalar] = {f"fit.{k}": v for k, v in fit_metrics.items()}
+        if self._buffer is not None and self._buffer.staleness:
+            metrics["staleness.mean"] = sum(self._buffer.staleness) / len(self._buffer.staleness)
+            metrics["staleness.max"] = max(self._buffer.staleness)
         for callback in self._callbacks:
             callback.on_aggregate(server_round, state.weights, dict(metrics))
-        metrics.update(self._evaluate(server_round, state, available))
+        if self._buffer is None:  # clients are busy training in async mode
+            metrics.update(self._evaluate(server_round, state, available))
         if self._evaluate_fn is not None:
             metrics.update(self._central(state.weights, server_round))
         for callback in self._callbacks:
@@ -205,20 +236,33 @@ class Orchestrator:
     ) -> Iterator[FitResult]:
         """Yield each usable fit result as it arrives; record the rest as failures."""
         for client_id, reply in replies:
-            try:
-                if isinstance(reply, Failure):
-                    raise _TaskFailed(reply.reason)
-                if not isinstance(reply, FitRes):
-                    raise _TaskFailed(f"expected a FitRes reply, got {type(reply).__name__}")
-                weights = global_weights.conform(reply.weights, client_id=client_id)
-                tensors = _checked_tensors(
-                    reply.tensors, global_weights, self._strategy.required_tensors, client_id
-                )
-            except (_TaskFailed, FedloomError) as exc:
-                failures[client_id] = str(exc)
-                logger.warning("round %d: client '%s' failed: %s", server_round, client_id, exc)
-                continue
-            yield FitResult(client_id, weights, reply.num_examples, reply.metrics, tensors)
+            result = self._check_fit(server_round, global_weights, client_id, reply, failures)
+            if result is not None:
+                yield result
+
+    def _check_fit(
+        self,
+        server_round: int,
+        global_weights: Weights,
+        client_id: ClientId,
+        reply: object,
+        failures: dict[ClientId, str],
+    ) -> FitResult | None:
+        """The reply as a checked FitResult, or None after recording why it is unusable."""
+        try:
+            if isinstance(reply, Failure):
+                raise _TaskFailed(reply.reason)
+            if not isinstance(reply, FitRes):
+                raise _TaskFailed(f"expected a FitRes reply, got {type(reply).__name__}")
+            weights = global_weights.conform(reply.weights, client_id=client_id)
+            tensors = _checked_tensors(
+                reply.tensors, global_weights, self._strategy.required_tensors, client_id
+            )
+        except (_TaskFailed, FedloomError) as exc:
+            failures[client_id] = str(exc)
+            logger.warning("round %d: client '%s' failed: %s", server_round, client_id, exc)
+            return None
+        return FitResult(client_id, weights, reply.num_examples, reply.metrics, tensors)
 
     def _evaluate(
         self,
@@ -231,7 +275,7 @@ class Orchestrator:
         if not tasks:
             return {}
         tasks = {
-            cid: replace(ins, config=self._seeded(ins.config, server_round, cid))
+            cid: replace(ins, config=self._seeded(ins.config, cid, (server_round,)))
             for cid, ins in tasks.items()
         }
         results: list[tuple[int, Metrics]] = []
@@ -245,9 +289,9 @@ class Orchestrator:
             )
         return {f"evaluate.{k}": v for k, v in weighted_average(results).items()}
 
-    def _seeded(self, config: Config, server_round: int, client_id: ClientId) -> Config:
-        """`config` plus the client's seed for this round, derived from the run seed."""
-        return {**config, "seed": derive_seed(self._seed, "client", client_id, server_round)}
+    def _seeded(self, config: Config, client_id: ClientId, keys: tuple[int, ...]) -> Config:
+        """`config` plus the client's seed for this task, derived from the run seed."""
+        return {**config, "seed": derive_seed(self._seed, "client", client_id, *keys)}
 
     def _central(self, weights: Weights, server_round: int) -> dict[str, Scalar]:
         assert self._evaluate_fn is not None

@@ -27,6 +27,7 @@ from fedloom.core import (
 from fedloom.errors import ConfigError, NotEnoughResults
 from fedloom.strategies.optimizers import SGD, OptimizerState, ServerOptimizer
 from fedloom.strategies.plugins import Plugin
+from fedloom.strategies.schedules import Buffered, Schedule, Sync
 from fedloom.strategies.samplers import All, Sampler
 
 __all__ = ["FitResult", "Strategy", "StrategyState"]
@@ -41,6 +42,10 @@ class FitResult:
     num_examples: int
     metrics: Metrics
     tensors: Mapping[str, Vector] = field(default_factory=dict)
+    base: Weights | None = None
+    """The weights the client trained from, when not the current global ones (async)."""
+    staleness: int = 0
+    """How many versions the global model moved while the client trained."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +69,7 @@ class Strategy:
         min_fit: the fewest usable results a round needs; fewer stops the run.
         config: sent to every client with each task (e.g. ``{"local_epochs": 2}``).
         plugins: client plug-ins (FedProx, SCAFFOLD, ...) and their server halves.
+        schedule: when aggregation happens: `Sync` rounds or a `Buffered` async buffer.
     """
 
     sampler: Sampler = field(default_factory=All)
@@ -73,6 +79,7 @@ class Strategy:
     min_fit: int = 1
     config: Mapping[str, Scalar] = field(default_factory=dict)
     plugins: tuple[Plugin, ...] = ()
+    schedule: Schedule = field(default_factory=Sync)
 
     def __post_init__(self) -> None:
         names = [plugin.name for plugin in self.plugins]
@@ -181,7 +188,10 @@ class Strategy:
         ]
         client_metrics: list[tuple[int, Metrics]] = []
         for result in results:
-            update: Vector = result.weights.flat - params
+            base = params if result.base is None else result.base.flat
+            update: Vector = result.weights.flat - base
+            if isinstance(self.schedule, Buffered):
+                update *= update.dtype.type(self.schedule.staleness(result.staleness))
             weight = float(result.num_examples)
             for plugin_round in rounds:
                 update, weight = plugin_round.add(
@@ -214,6 +224,7 @@ class Strategy:
             "min_fit": self.min_fit,
             "config": dict(self.config),
             "plugins": [_describe(plugin) for plugin in self.plugins],
+            "schedule": _describe(self.schedule),
         }
 
     def _plugin_config(self) -> dict[str, Scalar]:

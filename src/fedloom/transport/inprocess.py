@@ -8,6 +8,7 @@ own task.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -39,11 +40,17 @@ ClientFn = Callable[[ClientContext], Client]
 class InProcessChannel:
     """Runs each task by building the client and calling it directly.
 
+    For asynchronous schedules it simulates concurrency on a virtual clock:
+    `submit` runs each task at once (the result depends only on its inputs)
+    and files the reply to arrive ``latency(client_id)`` virtual seconds
+    later; `collect` hands replies out in order of arrival.
+
     Args:
         client_fn: builds a client from its `ClientContext`.
         num_clients: clients are named "0" .. str(num_clients - 1).
         seed: the run seed, passed to every context.
         partitioner: how the data is split, passed to every context.
+        latency: virtual seconds a client takes per task (default 1 for all).
     """
 
     def __init__(
@@ -53,12 +60,17 @@ class InProcessChannel:
         num_clients: int,
         seed: int = 0,
         partitioner: Partitioner | None = None,
+        latency: Callable[[ClientId], float] | None = None,
     ) -> None:
         self._client_fn = client_fn
         self._ids = tuple(str(index) for index in range(num_clients))
         self._seed = seed
         self._partitioner = partitioner
         self._states: dict[ClientId, dict[str, Vector]] = {}
+        self._latency = latency
+        self._clock = 0.0
+        self._arrivals: list[tuple[float, int, ClientId, Reply]] = []
+        self._submitted = 0
 
     def clients(self) -> Sequence[ClientId]:
         return self._ids
@@ -78,6 +90,22 @@ class InProcessChannel:
     ) -> Iterator[tuple[ClientId, Reply]]:
         for client_id, task in tasks.items():
             yield client_id, self._run_one(client_id, task)
+
+    def submit(self, tasks: Mapping[ClientId, Task]) -> None:
+        for client_id, task in tasks.items():
+            delay = 1.0 if self._latency is None else float(self._latency(client_id))
+            reply = self._run_one(client_id, task)
+            self._submitted += 1
+            heapq.heappush(
+                self._arrivals, (self._clock + delay, self._submitted, client_id, reply)
+            )
+
+    def collect(self, *, timeout_s: float | None) -> tuple[ClientId, Reply] | None:
+        if not self._arrivals:
+            return None
+        arrival, _, client_id, reply = heapq.heappop(self._arrivals)
+        self._clock = max(self._clock, arrival)
+        return client_id, reply
 
     def _run_one(self, client_id: ClientId, task: Task) -> Reply:
         try:
