@@ -7,13 +7,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fedloom.aggregators import TrimmedMean
 from fedloom.config import SimulationConfig, load_config
 from fedloom.data import Dirichlet
 from fedloom.errors import ConfigError
 from fedloom.server import EarlyStopping, KeepBest, StopAtMetric
 from fedloom.strategies import Fraction
+from fedloom.strategies.optimizers import Momentum
 
 MODULE = "config_toy_task"
 
@@ -222,3 +225,89 @@ def test_load_config_imports_the_module_next_to_the_config(
     federation = load_config(write(other, VALID)).build()
 
     assert federation.initial_weights == {"x": [9.0]}
+
+
+CUSTOM_PARTS = """
+[strategy.aggregator]
+name = "{aggregator}"
+{aggregator_params}
+
+[strategy.server_opt]
+name = "momentum"
+lr = 0.5
+momentum = 0.8
+"""
+
+USER_AGGREGATOR = """
+
+from dataclasses import dataclass
+
+from fedloom.aggregators import Aggregator
+
+
+@dataclass(frozen=True, kw_only=True)
+class Largest(Aggregator):
+    scale: float = 1.0
+
+    def aggregate(self, updates, weights):
+        return updates.max(axis=0) * updates.dtype.type(self.scale)
+
+
+class NotAnAggregator:
+    pass
+"""
+
+
+def _with_parts(aggregator: str, aggregator_params: str = "") -> str:
+    head, _, stop = VALID.partition("[stop]")
+    parts = CUSTOM_PARTS.format(aggregator=aggregator, aggregator_params=aggregator_params)
+    return head + parts + "\n[stop]" + stop
+
+
+def test_load_config_replaces_the_presets_parts_by_name(folder: Path) -> None:
+    path = write(folder, _with_parts("trimmed_mean", "beta = 0.2"))
+
+    strategy = load_config(path).build().strategy
+
+    assert strategy.aggregator == TrimmedMean(beta=0.2)
+    assert strategy.server_opt == Momentum(lr=0.5, momentum=0.8)
+
+
+def test_load_config_builds_a_users_aggregator_subclass_from_module_and_class(
+    folder: Path,
+) -> None:
+    (folder / f"{MODULE}.py").write_text(TASK + USER_AGGREGATOR)
+    path = write(folder, _with_parts(f"{MODULE}:Largest", "scale = 0.5"))
+
+    aggregator = load_config(path).build().strategy.aggregator
+    combined = aggregator.aggregate(np.array([[1.0, 4.0], [3.0, 2.0]]), np.ones(2))
+
+    assert type(aggregator).__name__ == "Largest"
+    # coordinate-wise max [3, 4] times scale 0.5
+    np.testing.assert_array_equal(combined, [1.5, 2.0])
+
+
+def test_load_config_rejects_a_part_that_is_not_the_base_class(folder: Path) -> None:
+    (folder / f"{MODULE}.py").write_text(TASK + USER_AGGREGATOR)
+    path = write(folder, _with_parts(f"{MODULE}:NotAnAggregator"))
+
+    with pytest.raises(
+        ConfigError,
+        match=key_and_file("[strategy.aggregator].name", path)
+        + ".*is not a subclass of fedloom.aggregators.base.Aggregator",
+    ):
+        load_config(path)
+
+
+def test_load_config_rejects_an_unknown_aggregator_name_with_a_suggestion(folder: Path) -> None:
+    path = write(folder, _with_parts("medain"))
+
+    with pytest.raises(ConfigError, match=r"unknown aggregator 'medain'.*Did you mean 'median'\?"):
+        load_config(path)
+
+
+def test_load_config_rejects_a_bad_part_parameter_under_its_table(folder: Path) -> None:
+    path = write(folder, _with_parts("trimmed_mean", "beta = 0.7"))
+
+    with pytest.raises(ConfigError, match=key_and_file("[strategy.aggregator].beta", path)):
+        load_config(path)

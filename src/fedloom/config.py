@@ -43,6 +43,7 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 from collections.abc import Callable, Mapping
@@ -59,11 +60,13 @@ from fedloom._tomlcheck import (
     describe,
     lookup,
 )
+from fedloom.aggregators import AGGREGATORS, Aggregator
 from fedloom.core import Partitioner, Weights, WeightsLike
 from fedloom.data import PARTITIONERS
 from fedloom.errors import ConfigError, did_you_mean
 from fedloom.server import Callback, EarlyStopping, EvaluateFn, KeepBest, StopAtMetric
 from fedloom.strategies import STRATEGIES, Strategy
+from fedloom.strategies.optimizers import SERVER_OPTIMIZERS, ServerOptimizer
 from fedloom.transport.inprocess import ClientFn
 
 if sys.version_info >= (3, 11):
@@ -124,6 +127,8 @@ class StrategyConfig:
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
+    parts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """``[strategy.aggregator]`` / ``[strategy.server_opt]`` tables replacing the preset's part."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -306,8 +311,23 @@ def _strategy_config(data: Mapping[str, Any] | None, file: Path) -> StrategyConf
                 "Clients get flat settings.",
                 value,
             )
-    params = {k: v for k, v in table.data.items() if k not in ("name", "config")}
-    return StrategyConfig(name=name, params=params, config=config)
+    parts: dict[str, Mapping[str, Any]] = {}
+    for part in _PARTS:
+        value = table.data.get(part)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise config_error(
+                f"[strategy].{part}",
+                file,
+                f"expected a table, got {describe(value)}. Write a [strategy.{part}] section "
+                'with name = "..." and the part\'s parameters.',
+                value,
+            )
+        parts[part] = value
+    skip = ("name", "config", *_PARTS)
+    params = {k: v for k, v in table.data.items() if k not in skip}
+    return StrategyConfig(name=name, params=params, config=config, parts=parts)
 
 
 def _data_config(data: Mapping[str, Any] | None, file: Path) -> DataConfig | None:
@@ -332,7 +352,36 @@ def _build_strategy(config: StrategyConfig, file: Path) -> Strategy:
             )
         extra["config"] = dict(config.config)
     strategy: Strategy = construct(preset, params, "[strategy]", file, **extra)
-    return strategy
+    replacements = {part: _build_part(part, table, file) for part, table in config.parts.items()}
+    return dataclasses.replace(strategy, **replacements) if replacements else strategy
+
+
+_PARTS = ("aggregator", "server_opt")
+
+
+def _build_part(part: str, data: Mapping[str, Any], file: Path) -> Any:
+    """An aggregator or server optimizer from ``[strategy.<part>]``: a built-in name, or
+    ``"module:Class"`` for a user's subclass of the part's base class."""
+    section = f"[strategy.{part}]"
+    registry: Mapping[str, type] = AGGREGATORS if part == "aggregator" else SERVER_OPTIMIZERS
+    base: type = Aggregator if part == "aggregator" else ServerOptimizer
+    name = Table(data, f"strategy.{part}", file).get(
+        "name", "str", required=True, example='"median"'
+    )
+    if ":" in name:
+        cls = resolve_entry_point(name, key=f"{section}.name", config_file=file, num_args=0)
+    else:
+        cls = lookup(name, registry, part.replace("_", " "), f"{section}.name", file)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise config_error(
+            f"{section}.name",
+            file,
+            f"'{name}' is not a subclass of {base.__module__}.{base.__name__}. Subclass it "
+            f"and implement {'aggregate' if part == 'aggregator' else 'step'}.",
+            name,
+        )
+    params = check_params(cls, {k: v for k, v in data.items() if k != "name"}, section, file)
+    return construct(cls, params, section, file)
 
 
 def _build_partitioner(config: DataConfig, file: Path) -> Partitioner:

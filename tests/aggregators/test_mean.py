@@ -61,9 +61,17 @@ def test_aggregators_registry_names_the_mean_family() -> None:
     assert AGGREGATORS["mean"] is Mean
 
 
+REQUIRED = {
+    "krum": {"f": 1},
+    "multikrum": {"f": 1},
+    "bulyan": {"f": 1},
+    "clipped_mean": {"clip_norm": 1.0},
+}
+
+
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))
-def test_aggregators_registry_builds_each_rule_with_defaults(name: str) -> None:
-    aggregator = AGGREGATORS[name]()
+def test_aggregators_registry_builds_each_rule_from_its_parameters(name: str) -> None:
+    aggregator = AGGREGATORS[name](**REQUIRED.get(name, {}))
 
     assert isinstance(aggregator, Aggregator)
     assert aggregator.min_results >= 1

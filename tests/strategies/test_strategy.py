@@ -411,6 +411,22 @@ def test_strategy_get_config_lists_every_part() -> None:
 # --- conformance over every named strategy ---------------------------------------------
 
 BUILDERS = sorted(STRATEGIES.items())
+CONFORMANCE_CLIENTS = [f"c{i}" for i in range(7)]  # Bulyan(f=1) needs n >= 4f + 3 = 7
+
+
+def _conformant_results(strategy: Strategy) -> list[FitResult]:
+    """Seven distinct results carrying whatever the preset's plug-ins need."""
+    tensors = {name: np.full(3, 0.1) for name in strategy.required_tensors}
+    return [
+        FitResult(
+            client_id,
+            _weights([float(i), 1.0 + i / 10, -1.0]),
+            i + 1,
+            {"loss": float(i), "fednova.a": 2},
+            tensors,
+        )
+        for i, client_id in enumerate(CONFORMANCE_CLIENTS)
+    ]
 
 
 @pytest.mark.parametrize(("name", "build"), BUILDERS, ids=[name for name, _ in BUILDERS])
@@ -443,8 +459,8 @@ def test_strategy_preset_same_seed_gives_bit_identical_rounds(
 
     def one_round() -> tuple[list[str], StrategyState]:
         state = strategy.init(_weights([0.0, 0.0, 0.0]))
-        tasks = strategy.configure_fit(1, state, CLIENTS, generator(7, "round", 1))
-        results = [_result(c, [float(i), 1.0, -1.0], i + 1) for i, c in enumerate(tasks)]
+        tasks = strategy.configure_fit(1, state, CONFORMANCE_CLIENTS, generator(7, "round", 1))
+        results = [r for r in _conformant_results(strategy) if r.client_id in tasks]
         new_state, _ = strategy.aggregate_fit(1, state, results)
         return list(tasks), new_state
 
@@ -470,7 +486,7 @@ def test_strategy_preset_with_too_few_results_raises(
 def test_strategy_preset_does_not_mutate_inputs(name: str, build: Callable[..., Strategy]) -> None:
     strategy = build()
     state = strategy.init(_weights([0.0, 0.0, 0.0]))
-    results = _two_results()
+    results = _conformant_results(strategy)
     before = [state.weights.flat.copy(), *(r.weights.flat.copy() for r in results)]
 
     strategy.aggregate_fit(1, state, results)

@@ -1,8 +1,9 @@
 """Client adapters: turn a model and its data into a fedloom Client.
 
-`FunctionClient` needs only NumPy; `TorchClient` (extra ``torch``) and
-`SklearnClient` (extra ``sklearn``) are imported on first use, so
-``import fedloom.client`` never pulls in a framework.
+`FunctionClient` and `GradientClient` (a loss-and-gradient function trained
+by local SGD, with every client plug-in) need only NumPy; `TorchClient`
+(extra ``torch``) and `SklearnClient` (extra ``sklearn``) are imported on
+first use, so ``import fedloom.client`` never pulls in a framework.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from fedloom.client.function import FunctionClient
+from fedloom.client.gradient import GradientClient
 
 if TYPE_CHECKING:
     from fedloom.client.sklearn import SklearnClient
     from fedloom.client.torch import TorchClient
 
-__all__ = ["FunctionClient", "SklearnClient", "TorchClient"]
+__all__ = ["FunctionClient", "GradientClient", "SklearnClient", "TorchClient"]
 
 _LAZY = {
     "TorchClient": ("fedloom.client.torch", "torch", "torch"),

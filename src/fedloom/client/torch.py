@@ -10,14 +10,23 @@ simulation is reproducible without touching the global torch generator.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TypeAlias
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedloom.core import Config, EvaluateRes, FitRes, Weights
+from fedloom.client.plugins import (
+    LocalPlugins,
+    LocalRound,
+    OptimizerChoice,
+    PluginOutputs,
+    parse_plugins,
+)
+from fedloom.core import Config, EvaluateRes, FitRes, Scalar, Vector, VectorSpec, Weights
 from fedloom.errors import ConfigError
 
 __all__ = ["Batches", "OptimizerFactory", "TorchClient"]
@@ -49,6 +58,9 @@ class TorchClient:
         device: where to train ("cpu", "cuda", ...).
 
     ``config["lr"]``, when the server sends it, sets the optimizer's learning rate.
+    `fit_plugins` trains the same way while applying the client plug-ins the
+    strategy names (FedProx, SCAFFOLD, FedNova, regularizers, elastic, a local
+    optimizer chosen by the server).
     """
 
     def __init__(
@@ -87,9 +99,7 @@ class TorchClient:
 
     def set_weights(self, weights: Weights) -> None:
         """Load `weights` into the model in place."""
-        with warnings.catch_warnings():  # the tensor is only read, never written
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            flat = torch.from_numpy(weights.flat)
+        flat = _read_only_tensor(weights.flat)
         state = self.model.state_dict()
         offset = 0
         with torch.no_grad():
@@ -99,16 +109,69 @@ class TorchClient:
                 offset += size
 
     def fit(self, weights: Weights, config: Config) -> FitRes:
+        result, _ = self._train(weights, config, None, {}, {})
+        return result
+
+    def fit_plugins(
+        self,
+        weights: Weights,
+        config: Config,
+        tensors: Mapping[str, Vector],
+        state: Mapping[str, Vector],
+    ) -> tuple[FitRes, dict[str, Vector]]:
+        """Train like `fit`, applying the plug-ins named in ``config["plugins"]``.
+
+        After each ``backward()`` the plug-ins' terms are added to every
+        trainable parameter's ``.grad``, before ``optimizer.step()``. Float
+        buffers (BatchNorm statistics) have no gradient: they get no
+        correction, zero sensitivity, and their SCAFFOLD ``c_i`` stays as it
+        was. The ``optimizer`` plug-in replaces the client's optimizer (and
+        ``config["lr"]``) for this fit.
+
+        Args:
+            weights: the global weights.
+            config: the fit config with the plug-ins' names and parameters.
+            tensors: the server's plug-in tensors (SCAFFOLD's ``scaffold.c``).
+            state: what this client kept from its last fit.
+
+        Returns:
+            The result (with the plug-ins' tensors and metrics) and the state to keep.
+
+        Raises:
+            ConfigError: an unknown plug-in, a bad parameter, or a local optimizer
+                a plug-in is not defined for (SCAFFOLD needs plain SGD).
+            ProtocolError: a plug-in's tensor is missing.
+        """
+        return self._train(weights, config, parse_plugins(config), tensors, state)
+
+    def _train(
+        self,
+        weights: Weights,
+        config: Config,
+        plugins: LocalPlugins | None,
+        tensors: Mapping[str, Vector],
+        state: Mapping[str, Vector],
+    ) -> tuple[FitRes, dict[str, Vector]]:
+        """The one training loop of `fit` (``plugins=None``) and `fit_plugins`."""
         self.set_weights(weights)
         epochs = int(config.get("local_epochs", self.local_epochs))
         seed = int(config.get("seed", 0))
-        optimizer = self.optimizer(self.model.parameters())
-        if "lr" in config:
-            for group in optimizer.param_groups:
-                group["lr"] = float(config["lr"])
+        if plugins is not None and plugins.optimizer is not None:
+            optimizer = _build_optimizer(plugins.optimizer, self.model.parameters())
+        else:
+            optimizer = self.optimizer(self.model.parameters())
+            if "lr" in config:
+                for group in optimizer.param_groups:
+                    group["lr"] = float(config["lr"])
+        hooks: _PluginHooks | None = None
+        if plugins is not None and plugins.names:
+            choice = _describe_optimizer(optimizer)
+            plugins.check_optimizer(choice)
+            local = plugins.begin(weights.flat, tensors, state)
+            hooks = _PluginHooks(self.model, weights.spec, plugins, local, choice)
         generator = torch.Generator().manual_seed(seed)
         self.model.train()
-        total_loss, total_examples = 0.0, 0
+        total_loss, total_examples, steps = 0.0, 0, 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # DataLoader shuffling and dropout, restored afterwards
             for _ in range(epochs):
@@ -117,14 +180,24 @@ class TorchClient:
                     optimizer.zero_grad(set_to_none=True)
                     loss = self.loss_fn(self.model(inputs), targets)
                     loss.backward()
+                    if hooks is not None:
+                        hooks.after_backward()
                     optimizer.step()
+                    steps += 1
                     total_loss += float(loss.detach()) * len(targets)
                     total_examples += len(targets)
-        return FitRes(
-            self.get_weights(),
+        trained = self.get_weights()
+        metrics: dict[str, Scalar] = {"loss": total_loss / max(total_examples, 1)}
+        if hooks is None:
+            return FitRes(trained, _num_examples(self.train_data), metrics), dict(state)
+        outputs = hooks.finish(trained.flat, steps=steps)
+        result = FitRes(
+            trained,
             _num_examples(self.train_data),
-            {"loss": total_loss / max(total_examples, 1)},
+            {**metrics, **outputs.metrics},
+            outputs.tensors,
         )
+        return result, outputs.state
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateRes:
         if self.test_data is None:
@@ -165,6 +238,144 @@ class TorchClient:
             else:
                 chosen = order[index]
                 yield inputs[chosen].to(self.device), targets[chosen].to(self.device)
+
+
+class _PluginHooks:
+    """The plug-ins of one fit, mapped onto the model's parameters through views.
+
+    Each trainable parameter gets views of the flat vectors at its offset in the
+    federated weights: the received weights (FedProx's anchor) and SCAFFOLD's
+    ``c - c_i``. The received vector is read-only and only ever read.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: VectorSpec,
+        plugins: LocalPlugins,
+        local: LocalRound,
+        optimizer: OptimizerChoice,
+    ) -> None:
+        self.plugins = plugins
+        self._local = local
+        self._optimizer = optimizer
+        self._spec = spec
+        parameters = dict(model.named_parameters())
+        anchor = _read_only_tensor(local.start)
+        control = None if local.control is None else _read_only_tensor(local.control)
+        self.trainable = np.zeros(spec.size, dtype=bool)
+        self._slots: list[_Slot] = []
+        offset = 0
+        for name, size in zip(spec.names, spec.sizes, strict=True):
+            parameter = parameters.get(name)
+            if parameter is not None and parameter.requires_grad:
+                self.trainable[offset : offset + size] = True
+                self._slots.append(
+                    _Slot(
+                        parameter=parameter,
+                        offset=offset,
+                        anchor=_view(anchor, offset, parameter),
+                        control=None if control is None else _view(control, offset, parameter),
+                        abs_grad_sum=torch.zeros_like(parameter) if plugins.elastic else None,
+                    )
+                )
+            offset += size
+
+    def after_backward(self) -> None:
+        """Note each gradient's magnitude, then add the plug-ins' terms to it in place."""
+        with torch.no_grad():
+            for slot in self._slots:
+                grad = slot.parameter.grad
+                if grad is None:  # not used in this step's forward pass: the optimizer skips it
+                    continue
+                if slot.abs_grad_sum is not None:
+                    slot.abs_grad_sum.add_(grad.abs())
+                term = self.plugins.correction(
+                    slot.parameter.detach(),
+                    anchor=slot.anchor,
+                    control=slot.control,
+                    sign=torch.sign,
+                )
+                if term is not None:
+                    grad.add_(term)
+
+    def finish(self, trained: Vector, *, steps: int) -> PluginOutputs:
+        """The plug-ins' tensors, metrics and new client state after `steps` local steps."""
+        return self._local.finish(
+            trained,
+            steps=steps,
+            optimizer=self._optimizer,
+            trainable=self.trainable,
+            abs_grad_sum=self._abs_grad_sum(),
+        )
+
+    def _abs_grad_sum(self) -> Vector | None:
+        """The summed absolute gradients as a flat vector (zero for buffers), for elastic."""
+        if not self.plugins.elastic:
+            return None
+        total = np.zeros(self._spec.size, dtype=self._spec.dtype)
+        for slot in self._slots:
+            assert slot.abs_grad_sum is not None
+            values = slot.abs_grad_sum.detach().cpu().reshape(-1).numpy()
+            total[slot.offset : slot.offset + values.size] = values
+        return total
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Slot:
+    parameter: nn.Parameter
+    offset: int
+    anchor: torch.Tensor
+    control: torch.Tensor | None
+    abs_grad_sum: torch.Tensor | None
+
+
+def _view(flat: torch.Tensor, offset: int, parameter: nn.Parameter) -> torch.Tensor:
+    """The part of `flat` at `offset` shaped, placed and typed like `parameter` (no copy on CPU)."""
+    part = flat[offset : offset + parameter.numel()].view(parameter.shape)
+    return part.to(device=parameter.device, dtype=parameter.dtype)
+
+
+def _read_only_tensor(array: Vector) -> torch.Tensor:
+    """A tensor sharing `array`'s memory, which must only ever be read."""
+    with warnings.catch_warnings():  # torch warns that writing would be undefined; we never do
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def _build_optimizer(
+    choice: OptimizerChoice, parameters: Iterable[nn.Parameter]
+) -> torch.optim.Optimizer:
+    """The torch optimizer the ``optimizer`` plug-in chose."""
+    if choice.kind == "adam":
+        return torch.optim.Adam(parameters, lr=choice.lr)
+    if choice.kind == "momentum":
+        return torch.optim.SGD(parameters, lr=choice.lr, momentum=choice.momentum)
+    return torch.optim.SGD(parameters, lr=choice.lr)
+
+
+def _describe_optimizer(optimizer: torch.optim.Optimizer) -> OptimizerChoice:
+    """What the plug-ins need to know of a torch optimizer: plain SGD, momentum, Adam, or other."""
+    name = type(optimizer).__name__
+    groups = optimizer.param_groups
+    rates = {float(group["lr"]) for group in groups}
+    if len(rates) != 1:
+        return OptimizerChoice(kind=f"{name} with per-group learning rates", lr=min(rates))
+    lr = rates.pop()
+    if type(optimizer) is torch.optim.SGD:
+        momenta = {float(group.get("momentum", 0.0)) for group in groups}
+        nesterov = any(group.get("nesterov", False) for group in groups)
+        damped = any(float(group.get("dampening", 0.0)) != 0 for group in groups)
+        if len(momenta) == 1 and not nesterov:
+            momentum = momenta.pop()
+            if momentum == 0:
+                return OptimizerChoice(kind="sgd", lr=lr)
+            if not damped:
+                return OptimizerChoice(kind="momentum", lr=lr, momentum=momentum)
+        return OptimizerChoice(kind="SGD with nesterov, dampening or per-group momentum", lr=lr)
+    if type(optimizer) is torch.optim.Adam:
+        return OptimizerChoice(kind="adam", lr=lr)
+    return OptimizerChoice(kind=name, lr=lr)
 
 
 def _check_data(data: Batches, field: str) -> Batches:

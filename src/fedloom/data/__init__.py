@@ -6,5 +6,15 @@ maps their configuration names to the classes.
 """
 
 from fedloom.data.partitioners import IID, PARTITIONERS, ByKey, Dirichlet, Shards
+from fedloom.data.synthetic import SyntheticDevice, synthetic, synthetic_devices
 
-__all__ = ["IID", "PARTITIONERS", "ByKey", "Dirichlet", "Shards"]
+__all__ = [
+    "IID",
+    "PARTITIONERS",
+    "ByKey",
+    "Dirichlet",
+    "Shards",
+    "SyntheticDevice",
+    "synthetic",
+    "synthetic_devices",
+]

@@ -65,7 +65,7 @@ class BufferedSource:
         version = server_round - 1
         self._versions[version] = state.weights
         self.staleness = []
-        self._top_up(server_round, state)
+        self._top_up(server_round, state, failures)
         received = 0
         while received < self._schedule.buffer_size:
             arrival = self._channel.collect(timeout_s=self._timeout_s)
@@ -76,12 +76,14 @@ class BufferedSource:
             trained = self._in_flight.pop(client_id)
             base = self._versions[trained]
             result = self._check_fit(server_round, base, client_id, reply, failures)
-            self._top_up(server_round, state)
             if result is None:
+                self._top_up(server_round, state, failures)
                 continue
             staleness = version - trained
             self.staleness.append(staleness)
             received += 1
+            if received < self._schedule.buffer_size:  # else it gets the next version
+                self._top_up(server_round, state, failures)
             yield replace(
                 result,
                 base=base if self._schedule.relative_to == "trained" else None,
@@ -90,16 +92,26 @@ class BufferedSource:
         live = set(self._in_flight.values()) | {version}
         self._versions = {v: w for v, w in self._versions.items() if v in live}
 
-    def _top_up(self, server_round: int, state: StrategyState) -> None:
-        """Give free clients the current version until `concurrency` are training."""
+    def _top_up(
+        self, server_round: int, state: StrategyState, failures: dict[ClientId, str]
+    ) -> None:
+        """Give free clients the current version until `concurrency` are training.
+
+        A client that failed in this version is not asked again until the next.
+        """
         need = self._schedule.concurrency - len(self._in_flight)
-        free = [c for c in self._channel.clients() if c not in self._in_flight]
+        busy = self._in_flight.keys() | failures.keys()
+        free = [c for c in self._channel.clients() if c not in busy]
         if need <= 0 or not free:
             return
         self._dispatches += 1
         rng = generator(self._seed, "async", server_round, self._dispatches)
         tasks = self._strategy.configure_fit(server_round, state, free, rng)
-        chosen = dict(list(tasks.items())[:need])
+        sampled = list(tasks)
+        if len(sampled) > need:  # a uniform choice among the sampled, not the lowest ids
+            picks = sorted(rng.choice(len(sampled), size=need, replace=False))
+            sampled = [sampled[i] for i in picks]
+        chosen = {client_id: tasks[client_id] for client_id in sampled}
         seeded = {
             client_id: replace(
                 ins, config=self._seeded(ins.config, client_id, (server_round, self._dispatches))

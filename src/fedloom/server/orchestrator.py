@@ -9,6 +9,7 @@ round goes on while at least ``min_fit`` usable results arrive.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -258,6 +259,19 @@ class Orchestrator:
             tensors = _checked_tensors(
                 reply.tensors, global_weights, self._strategy.required_tensors, client_id
             )
+            for name in self._strategy.required_metrics:
+                value = reply.metrics.get(name)
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not (math.isfinite(value))
+                ):
+                    raise InvalidResult(
+                        f"client '{client_id}' reported metric '{name}' = {value!r}; the "
+                        "strategy's plug-ins need a finite number there. Does the client apply "
+                        "the strategy's plug-ins?",
+                        client_id=client_id,
+                    )
         except (_TaskFailed, FedloomError) as exc:
             failures[client_id] = str(exc)
             logger.warning("round %d: client '%s' failed: %s", server_round, client_id, exc)

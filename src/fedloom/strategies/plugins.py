@@ -11,16 +11,18 @@ each result's update before it is folded (`start_round`).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from abc import ABC
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from fedloom.aggregators.mean import WeightedMean
 from fedloom.core import Scalar, Vector
-from fedloom.errors import ConfigError, InvalidResult
+from fedloom.errors import ConfigError, InvalidResult, did_you_mean
 
 __all__ = [
     "Elastic",
@@ -60,11 +62,14 @@ class Plugin(ABC):
     name: ClassVar[str]
     required_tensors: ClassVar[tuple[str, ...]] = ()
     """Tensors every client result must carry (checked before aggregation)."""
+    required_metrics: ClassVar[tuple[str, ...]] = ()
+    """Finite numeric metrics every client result must carry (checked before aggregation)."""
 
     def client_config(self) -> dict[str, Scalar]:
         """The ``"<name>.<param>"`` keys the client half reads."""
-        fields = getattr(self, "__dataclass_fields__", {})
-        return {f"{self.name}.{key}": getattr(self, key) for key in fields}
+        if not dataclasses.is_dataclass(self):
+            return {}
+        return {f"{self.name}.{f.name}": getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def init(self, params: Vector) -> dict[str, Vector]:
         """Server state before round 1."""
@@ -160,18 +165,26 @@ class LocalOptimizer(Plugin):
     lr: float = 0.01
     momentum: float = 0.9
 
+    def client_config(self) -> dict[str, Scalar]:
+        config = super().client_config()
+        if self.kind != "momentum":
+            del config["optimizer.momentum"]
+        return config
+
     def __post_init__(self) -> None:
         if self.kind not in LOCAL_OPTIMIZERS:
             raise ConfigError(
                 f"unknown local optimizer {self.kind!r}; choose one of: "
-                f"{', '.join(LOCAL_OPTIMIZERS)}.",
+                f"{', '.join(LOCAL_OPTIMIZERS)}.{did_you_mean(str(self.kind), LOCAL_OPTIMIZERS)}",
                 field="kind",
                 value=self.kind,
             )
         _positive(self.lr, "lr", "Pass the clients' local learning rate, e.g. 0.01.")
-        if not 0 <= self.momentum < 1:
+        momentum_ok = isinstance(self.momentum, int | float) and not isinstance(self.momentum, bool)
+        if not (momentum_ok and 0 <= self.momentum < 1):
             raise ConfigError(
-                f"momentum must be in [0, 1), got {self.momentum}.",
+                f"momentum must be a number in [0, 1), got {self.momentum!r}. Use 0 for plain "
+                "SGD or e.g. 0.9.",
                 field="momentum",
                 value=self.momentum,
             )
@@ -261,6 +274,7 @@ class FedNova(Plugin):
     """
 
     name: ClassVar[str] = "fednova"
+    required_metrics: ClassVar[tuple[str, ...]] = ("fednova.a",)
 
     def start_round(
         self,
@@ -277,7 +291,6 @@ class FedNova(Plugin):
 class _FedNovaRound(PluginRound):
     weighted_steps: float = 0.0
     total_weight: float = 0.0
-    _unused: list[int] = field(default_factory=list)
 
     def add(
         self,
@@ -288,7 +301,11 @@ class _FedNovaRound(PluginRound):
         metrics: Mapping[str, Scalar],
     ) -> tuple[Vector, float]:
         steps = metrics.get("fednova.a")
-        if isinstance(steps, bool) or not isinstance(steps, int | float) or not steps > 0:
+        if (
+            isinstance(steps, bool)
+            or not isinstance(steps, int | float)
+            or not (steps > 0 and math.isfinite(steps))
+        ):
             raise InvalidResult(
                 f"FedNova needs each client's metric 'fednova.a' (its local steps, > 0), got "
                 f"{steps!r}. Use a client that applies the fednova plug-in."
@@ -304,7 +321,7 @@ class _FedNovaRound(PluginRound):
 
 @dataclass(frozen=True, kw_only=True)
 class Elastic(Plugin):
-    """OpenFed's elastic aggregation (Chen et al. 2023, https://arxiv.org/abs/2303.xxxxx).
+    """OpenFed's elastic aggregation (Chen et al. 2023, https://openaccess.thecvf.com/content/CVPR2023/html/Chen_Elastic_Aggregation_for_Federated_Optimization_CVPR_2023_paper.html).
 
     Clients report each parameter's sensitivity ``Omega_i`` (the mean absolute
     gradient over local training, tensor ``elastic.sensitivity``). The server

@@ -7,7 +7,7 @@ round to round lives in `StrategyState`, passed in and returned.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,9 @@ from fedloom.core import (
 )
 from fedloom.errors import ConfigError, NotEnoughResults
 from fedloom.strategies.optimizers import SGD, OptimizerState, ServerOptimizer
-from fedloom.strategies.plugins import Plugin
-from fedloom.strategies.schedules import Buffered, Schedule, Sync
+from fedloom.strategies.plugins import LocalOptimizer, Plugin
 from fedloom.strategies.samplers import All, Sampler
+from fedloom.strategies.schedules import Buffered, Schedule, Sync
 
 __all__ = ["FitResult", "Strategy", "StrategyState"]
 
@@ -83,10 +83,12 @@ class Strategy:
 
     def __post_init__(self) -> None:
         names = [plugin.name for plugin in self.plugins]
+        _check_plugin_combination(self.plugins)
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
             raise ConfigError(
-                f"each client plug-in may appear once, got {duplicated} more than once.",
+                f"each client plug-in may appear once, got {duplicated} more than once. "
+                "Remove the repeated plug-in from plugins=(...).",
                 field="plugins",
                 value=names,
             )
@@ -119,6 +121,11 @@ class Strategy:
     def required_tensors(self) -> tuple[str, ...]:
         """Tensors every fit result must carry for the plug-ins."""
         return tuple(name for plugin in self.plugins for name in plugin.required_tensors)
+
+    @property
+    def required_metrics(self) -> tuple[str, ...]:
+        """Numeric metrics every fit result must carry for the plug-ins."""
+        return tuple(name for plugin in self.plugins for name in plugin.required_metrics)
 
     def configure_fit(
         self,
@@ -240,5 +247,30 @@ class Strategy:
 
 
 def _describe(part: object) -> dict[str, Any]:
-    fields = getattr(part, "__dataclass_fields__", {})
-    return {"name": type(part).__name__, **{name: getattr(part, name) for name in fields}}
+    """A part as ``{"name": class name, field: value, ...}``, nested parts described too."""
+    values = {f.name: getattr(part, f.name) for f in fields(part)} if is_dataclass(part) else {}
+    return {
+        "name": type(part).__name__,
+        **{
+            name: _describe(value) if is_dataclass(value) else value
+            for name, value in values.items()
+        },
+    }
+
+
+def _check_plugin_combination(plugins: tuple[Plugin, ...]) -> None:
+    """Refuse plug-ins whose math does not hold together, before any round runs."""
+    kinds = {p.kind for p in plugins if isinstance(p, LocalOptimizer)}
+    names = {p.name for p in plugins}
+    if "scaffold" in names and kinds - {"sgd"}:
+        raise ConfigError(
+            f"SCAFFOLD (option II) needs plain SGD on the clients, but the strategy's local "
+            f"optimizer is {sorted(kinds)}. Use LocalOptimizer(kind='sgd') or drop it.",
+            field="plugins",
+        )
+    if "fednova" in names and "adam" in kinds:
+        raise ConfigError(
+            "FedNova's normalization is defined for SGD and momentum SGD, not adam. Use "
+            "LocalOptimizer(kind='sgd') or kind='momentum'.",
+            field="plugins",
+        )

@@ -96,9 +96,7 @@ class InProcessChannel:
             delay = 1.0 if self._latency is None else float(self._latency(client_id))
             reply = self._run_one(client_id, task)
             self._submitted += 1
-            heapq.heappush(
-                self._arrivals, (self._clock + delay, self._submitted, client_id, reply)
-            )
+            heapq.heappush(self._arrivals, (self._clock + delay, self._submitted, client_id, reply))
 
     def collect(self, *, timeout_s: float | None) -> tuple[ClientId, Reply] | None:
         if not self._arrivals:
