@@ -1,24 +1,97 @@
-"""Strategies as compositions: samplers, server optimizers, and named presets.
+"""Strategies as compositions: samplers, server optimizers, client plug-ins, schedules, presets.
 
-`STRATEGIES` maps each preset's config name to its builder.
+`STRATEGIES` maps each preset's config name to its builder; `SERVER_OPTIMIZERS`
+does the same for server optimizers.
 """
 
-from fedloom.strategies.optimizers import SGD, OptimizerState, ServerOptimizer
-from fedloom.strategies.presets import STRATEGIES, fedavg
+from fedloom.strategies.optimizers import (
+    SERVER_OPTIMIZERS,
+    SGD,
+    Adagrad,
+    Adam,
+    Momentum,
+    OptimizerState,
+    ServerOptimizer,
+    Yogi,
+)
+from fedloom.strategies.plugins import (
+    Elastic,
+    FedNova,
+    FedProx,
+    Lasso,
+    LocalOptimizer,
+    Plugin,
+    PluginRound,
+    Ridge,
+    Scaffold,
+)
+from fedloom.strategies.presets import (
+    STRATEGIES,
+    bulyan,
+    fedadagrad,
+    fedadam,
+    fedasync,
+    fedavg,
+    fedavgm,
+    fedbuff,
+    fednova,
+    fedprox,
+    fedyogi,
+    krum,
+    median,
+    multikrum,
+    scaffold,
+    trimmed_mean,
+)
 from fedloom.strategies.samplers import All, Count, Fraction, Sampler
+from fedloom.strategies.schedules import Buffered, Constant, Hinge, Polynomial, Staleness, Sync
 from fedloom.strategies.strategy import FitResult, Strategy, StrategyState
 
 __all__ = [
+    "SERVER_OPTIMIZERS",
     "SGD",
     "STRATEGIES",
+    "Adagrad",
+    "Adam",
     "All",
+    "Buffered",
+    "Constant",
     "Count",
+    "Elastic",
+    "FedNova",
+    "FedProx",
     "FitResult",
     "Fraction",
+    "Hinge",
+    "Lasso",
+    "LocalOptimizer",
+    "Momentum",
     "OptimizerState",
+    "Plugin",
+    "PluginRound",
+    "Polynomial",
+    "Ridge",
     "Sampler",
+    "Scaffold",
     "ServerOptimizer",
+    "Staleness",
     "Strategy",
     "StrategyState",
+    "Sync",
+    "Yogi",
+    "bulyan",
+    "fedadagrad",
+    "fedadam",
+    "fedasync",
     "fedavg",
+    "fedavgm",
+    "fedbuff",
+    "fednova",
+    "fedprox",
+    "fedyogi",
+    "krum",
+    "median",
+    "multikrum",
+    "scaffold",
+    "trimmed_mean",
 ]

@@ -15,18 +15,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from fedloom.core import (
     ClientContext,
     ClientId,
-    EvaluateIns,
-    EvaluateRes,
     Failure,
-    FitIns,
-    FitRes,
-    GetWeightsIns,
     Partitioner,
     Reply,
     Task,
     Vector,
-    WeightsRes,
 )
+from fedloom.core.dispatch import run_task
 from fedloom.core.protocols import Client
 
 __all__ = ["ClientFn", "InProcessChannel"]
@@ -108,48 +103,11 @@ class InProcessChannel:
     def _run_one(self, client_id: ClientId, task: Task) -> Reply:
         try:
             client = self._client_fn(self.context(client_id))
-            if isinstance(task, FitIns) and task.config.get("plugins"):
-                return self._fit_plugins(client_id, client, task)
-            return _dispatch(client, task)
-        except Exception as exc:  # a user's client must not take the run down
-            logger.debug("client '%s' raised", client_id, exc_info=True)
-            return Failure(
-                client_id=client_id,
-                reason=f"client '{client_id}' raised {type(exc).__name__}: {exc}",
-                error=exc,
-            )
-
-    def _fit_plugins(self, client_id: ClientId, client: Client, task: FitIns) -> Reply:
-        """Fit with plug-ins, keeping the client's plug-in state here between its tasks."""
-        fit_plugins = getattr(client, "fit_plugins", None)
-        if fit_plugins is None:
-            raise TypeError(
-                f"the strategy uses client plug-ins ({task.config['plugins']}) but "
-                f"{type(client).__name__} does not apply plug-ins. Use TorchClient or "
-                "GradientClient, or a strategy without plug-ins."
-            )
-        state = self._states.get(client_id, {})
-        result, new_state = fit_plugins(task.weights, task.config, task.tensors, state)
-        if not isinstance(result, FitRes):
-            raise TypeError(f"fit_plugins() must return FitRes, got {type(result).__name__}")
-        self._states[client_id] = dict(new_state)
-        return result
-
-
-def _dispatch(client: Client, task: Task) -> Reply:
-    if isinstance(task, FitIns):
-        result = client.fit(task.weights, task.config)
-        if not isinstance(result, FitRes):
-            raise TypeError(f"fit() must return FitRes, got {type(result).__name__}")
-        return result
-    if isinstance(task, EvaluateIns):
-        evaluate = getattr(client, "evaluate", None)
-        if evaluate is None:
-            raise TypeError(f"{type(client).__name__} has no evaluate() method")
-        evaluation = evaluate(task.weights, task.config)
-        if not isinstance(evaluation, EvaluateRes):
-            raise TypeError(f"evaluate() must return EvaluateRes, got {type(evaluation).__name__}")
-        return evaluation
-    if isinstance(task, GetWeightsIns):
-        return WeightsRes(weights=client.get_weights())
-    raise TypeError(f"unknown task type {type(task).__name__}")
+        except Exception as exc:  # a user's factory must not take the run down
+            logger.debug("building client '%s' raised", client_id, exc_info=True)
+            reason = f"client '{client_id}' could not be built: {type(exc).__name__}: {exc}"
+            return Failure(client_id=client_id, reason=reason, error=exc)
+        reply, state = run_task(client, task, self._states.get(client_id, {}), client_id=client_id)
+        if state:
+            self._states[client_id] = dict(state)
+        return reply
