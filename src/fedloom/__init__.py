@@ -14,8 +14,12 @@ server folds their results into new global weights. The subpackages:
 - `fedloom.store`: the run folder (history.json, weights.safetensors).
 - `fedloom.config`: TOML configs for the ``fedloom`` command.
 
+- `fedloom.deployment`: `serve` and `connect`, the same federation over gRPC.
+
 Only NumPy is needed to import it; frameworks load when their adapter is used.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from fedloom.core import (
     Client,
@@ -30,6 +34,9 @@ from fedloom.errors import ConfigError, FedloomError
 from fedloom.server import EarlyStopping, History, KeepBest, RunResult, StopAfter, StopAtMetric
 from fedloom.simulation import simulate
 from fedloom.strategies import Strategy, fedavg
+
+if TYPE_CHECKING:
+    from fedloom.deployment import connect, serve
 
 __version__ = "0.1.0"
 
@@ -51,6 +58,24 @@ __all__ = [
     "Strategy",
     "Weights",
     "__version__",
+    "connect",
     "fedavg",
+    "serve",
     "simulate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`serve` and `connect` load gRPC on first use."""
+    if name in ("serve", "connect"):
+        try:
+            from fedloom import deployment
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("grpc", "google"):
+                raise
+            raise ImportError(
+                f"fedloom.{name} needs gRPC, which is not installed. Install it with: "
+                "pip install 'fedloom[grpc]'"
+            ) from exc
+        return getattr(deployment, name)
+    raise AttributeError(f"module 'fedloom' has no attribute '{name}'")
