@@ -1,4 +1,4 @@
-"""ClippedMean: clip each update to an L2 ball, then the example-weighted mean, batch and streaming."""
+"""ClippedMean: clip each update to an L2 ball, then the example-weighted mean (batch and fold)."""
 
 from __future__ import annotations
 

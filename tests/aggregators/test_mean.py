@@ -415,3 +415,24 @@ def test_buffered_fold_equals_aggregate(stack: Array) -> None:
     streamed = fold.result()
 
     np.testing.assert_array_equal(streamed, CoordinateMax().aggregate(stack, weights))
+
+
+@pytest.mark.parametrize("aggregator", [WeightedMean(), Mean()], ids=["weighted", "plain"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mean_fold_add_difference_equals_adding_the_difference(
+    aggregator: Aggregator, dtype: type[np.floating]
+) -> None:
+    """Folding new - base chunk by chunk gives what folding the materialised difference gives."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(100_003).astype(dtype)  # not a multiple of the chunk size
+    news = [rng.standard_normal(100_003).astype(dtype) for _ in range(3)]
+    weights = [1.0, 3.0, 0.0]
+    fused = aggregator.fold(base.size, dtype)
+    plain = aggregator.fold(base.size, dtype)
+
+    for new, weight in zip(news, weights, strict=True):
+        fused.add_difference(new, base, weight)  # type: ignore[attr-defined]
+        plain.add(new - base, weight)
+
+    np.testing.assert_allclose(fused.result(), plain.result(), rtol=1e-6, atol=1e-6)
+    assert fused.count == 3

@@ -37,6 +37,16 @@ def _stacks_for(aggregator: Aggregator, **options: Any) -> Any:
     return stacks(min_clients=low, max_clients=low + 4, **options)
 
 
+def _combine(aggregator: Aggregator, stack: Array, path: str) -> Array:
+    """Run `aggregator` with equal weights either at once or through its fold."""
+    if path == "batch":
+        return aggregator.aggregate(stack, np.ones(len(stack)))
+    fold = aggregator.fold(stack.shape[1], stack.dtype)
+    for update in stack:
+        fold.add(update, 1.0)
+    return fold.result()
+
+
 def _tolerance(dtype: np.dtype, magnitude: float, num_updates: int) -> float:
     """Rounding budget of a mean of `num_updates` values up to `magnitude`: 4 * (k + 2) * eps."""
     return 4 * (num_updates + 2) * float(np.finfo(dtype).eps) * max(1.0, magnitude)
@@ -402,13 +412,7 @@ def test_robust_rules_with_too_few_updates_raise_not_enough_results(
     name = type(aggregator).__name__
 
     with pytest.raises(NotEnoughResults, match=f"{name} needs at least {required} updates") as info:
-        if path == "batch":
-            aggregator.aggregate(stack, np.ones(received))
-        else:
-            fold = aggregator.fold(3, np.float64)
-            for update in stack:
-                fold.add(update, 1.0)
-            fold.result()
+        _combine(aggregator, stack, path)
 
     assert (info.value.received, info.value.required) == (received, required)
     assert f"a round needs at least {required} result" in str(info.value)

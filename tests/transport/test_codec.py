@@ -229,7 +229,7 @@ _CORRUPTIONS: dict[str, tuple[Callable[[], bytes], str]] = {
     ),
     "truncated data": (
         lambda: encode_weights(_sample())[:-3],
-        r"'w.data_offsets' is \[4, 20\], outside the data region of 17 bytes",
+        r"'b.data_offsets' is \[16, 20\], outside the data region of 17 bytes",
     ),
     "header length beyond blob": (
         lambda: (10_000).to_bytes(8, "little") + encode_weights(_sample())[8:],
@@ -343,9 +343,9 @@ _CORRUPTIONS: dict[str, tuple[Callable[[], bytes], str]] = {
         r"'w.data_offsets' must be two non-negative ints, got \[-16, 0\]",
     ),
     "offsets overlapping": (
-        # b keeps [0, 4); w moved to [0, 16) starts inside b.
-        lambda: _edit(_set_entry("w", "data_offsets", [0, 16])),
-        r"'w.data_offsets' is \[0, 16\] and overlaps the previous tensor",
+        # w keeps [0, 16); b moved to [8, 12) starts inside w.
+        lambda: _edit(_set_entry("b", "data_offsets", [8, 12])),
+        r"'b.data_offsets' is \[8, 12\] and overlaps the previous tensor",
     ),
     "offsets with gap": (
         # b keeps [0, 4); w moved to [8, 24) in 24 data bytes leaves [4, 8) unused.
@@ -439,7 +439,7 @@ def test_load_weights_names_file_in_decode_error(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
     path.write_bytes(encode_weights(_sample())[:-1])
 
-    with pytest.raises(DecodeError, match=rf"^file '{path}': weights blob field 'w.data_offsets'"):
+    with pytest.raises(DecodeError, match=rf"^file '{path}': weights blob field 'b.data_offsets'"):
         load_weights(path)
 
 

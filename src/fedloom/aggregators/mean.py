@@ -84,6 +84,34 @@ class _MeanFold:
         self._total += scale
         self._count += 1
 
+    def add_difference(self, new: Vector, base: Vector, weight: float) -> None:
+        """Fold in ``new - base`` without materialising it: a cache-sized chunk at a time.
+
+        The server folds each client's weights minus the global ones this way, so a
+        round holds no O(model) temporary per result.
+        """
+        if self._done:
+            raise AggregationError("this fold's result() was already taken; start a new fold.")
+        if new.shape != self._sum.shape or base.shape != self._sum.shape:
+            raise AggregationError(
+                f"vectors of shapes {new.shape} and {base.shape} cannot join a fold of length "
+                f"{self._sum.size}; both must be 1-D vectors of the model's size."
+            )
+        _check_weight(float(weight))
+        scale = float(weight) if self._weighted else 1.0
+        scratch = np.empty(min(_CHUNK, new.size), dtype=self._dtype)
+        for start in range(0, new.size, _CHUNK):
+            stop = min(start + _CHUNK, new.size)
+            chunk = scratch[: stop - start]
+            np.subtract(new[start:stop], base[start:stop], out=chunk)
+            target = self._sum[start:stop]
+            if self._count == 0:
+                np.multiply(chunk, self._dtype.type(scale), out=target)
+            elif scale:
+                self._axpy(chunk, target, scale)
+        self._total += scale
+        self._count += 1
+
     def result(self) -> Vector:
         if self._done:
             return self._sum

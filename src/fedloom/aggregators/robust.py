@@ -1,11 +1,10 @@
-"""Byzantine-robust rules over stacked updates: coordinate-wise median and trimmed mean, Krum,
-Multi-Krum and Bulyan.
+"""Byzantine-robust rules over stacked updates: median, trimmed mean, Krum, Multi-Krum, Bulyan.
 
 These rules compare or sort every update, so the server buffers a round's updates (the
 default `Aggregator.fold`). They ignore the weights: one client, one vote, as in their
 papers; weighting by the example counts clients report would let one Byzantine client
 claim a huge count and outvote the rest. Results are deterministic functions of the
-*set* of updates: the order in which clients answered never changes a bit of the output.
+*set* of updates: the order in which clients answered never changes the output.
 
 - Yin, Chen, Ramchandran, Bartlett. Byzantine-Robust Distributed Learning: Towards
   Optimal Statistical Rates. ICML 2018. https://arxiv.org/abs/1803.01498
@@ -17,6 +16,7 @@ claim a huge count and outvote the rest. Results are deterministic functions of 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -37,8 +37,11 @@ Index = NDArray[np.intp]
 _SORT_COLUMNS = 1 << 12
 """Coordinates sorted per block: the block's k values per coordinate stay in cache."""
 
-_GRAM_COLUMNS = 1 << 16
-"""Coordinates per float64 block of the Gram matrix: bounds the float64 copy to k * 512 KiB."""
+_MAX_KEY_BYTES = np.iinfo(np.int32).max
+"""The longest row NumPy can view as one bytes item (a void dtype of that size)."""
+
+_GRAM_COLUMNS = 1 << 14
+"""Coordinates per float64 block of the Gram matrix: bounds the float64 copy to k * 128 KiB."""
 
 
 # --- coordinate-wise rules --------------------------------------------------------------
@@ -153,12 +156,20 @@ def _check_f(f: object, rule: str, bound: str) -> None:
 
 def _canonical_order(updates: Updates) -> Index:
     """The rows sorted by their bytes: Krum-type rules work in this order and break ties by it,
-    so their result depends on the set of updates, never on the order they arrived in."""
+    so their result depends on the set of updates, never on the order they arrived in.
+
+    NumPy compares rows of up to 2 GiB as raw bytes without copying them; longer rows are
+    ordered by a BLAKE2b digest of their bytes instead (equally canonical, slower).
+    """
     k, dim = updates.shape
     if k < 2 or dim == 0:
         return np.arange(k)
-    rows = np.ascontiguousarray(updates).view(np.dtype((np.void, dim * updates.itemsize)))
-    return np.argsort(rows.ravel(), kind="stable")
+    rows = np.ascontiguousarray(updates)
+    row_bytes = dim * rows.itemsize
+    if row_bytes <= _MAX_KEY_BYTES:
+        return np.argsort(rows.view(np.dtype((np.void, row_bytes))).ravel(), kind="stable")
+    digests = [hashlib.blake2b(row, digest_size=16).digest() for row in rows]
+    return np.array(sorted(range(k), key=digests.__getitem__), dtype=np.intp)
 
 
 def _squared_distances(updates: Updates, order: Index) -> NDArray[np.float64]:
@@ -189,7 +200,8 @@ def _krum_scores(distances: NDArray[np.float64], neighbours: int) -> NDArray[np.
     if neighbours <= 0:
         return np.zeros(k)
     others = distances + np.diag(np.full(k, np.inf))
-    return np.sort(others, axis=1)[:, :neighbours].sum(axis=1)
+    scores: NDArray[np.float64] = np.sort(others, axis=1)[:, :neighbours].sum(axis=1)
+    return scores
 
 
 def _mean_of_rows(updates: Updates, rows: Index) -> Vector:
@@ -203,8 +215,9 @@ def _mean_of_rows(updates: Updates, rows: Index) -> Vector:
 
 @dataclass(frozen=True, kw_only=True)
 class Krum(Aggregator):
-    """Krum (Blanchard et al. 2017, https://papers.nips.cc/paper/6617): the update closest
-    to its neighbours.
+    """Krum (Blanchard et al. 2017): the update closest to its n - f - 2 nearest neighbours.
+
+    Paper: https://papers.nips.cc/paper/6617
 
     ::
 
@@ -244,8 +257,9 @@ class Krum(Aggregator):
 
 @dataclass(frozen=True, kw_only=True)
 class MultiKrum(Aggregator):
-    """Multi-Krum (Blanchard et al. 2017, https://papers.nips.cc/paper/6617): the plain
-    mean of the m updates with the best Krum scores.
+    """Multi-Krum (Blanchard et al. 2017): the plain mean of the m best-scoring updates.
+
+    Paper: https://papers.nips.cc/paper/6617
 
     ::
 

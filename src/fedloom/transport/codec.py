@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 import numpy as np
-from safetensors.numpy import save as _safetensors_save
 
 from fedloom.core import VectorSpec, Weights
 from fedloom.errors import ConfigError, DecodeError, ShapeMismatch
@@ -95,6 +94,22 @@ def encode_weights(weights: Weights, *, metadata: Mapping[str, str] | None = Non
         >>> decode_weights(blob)["w"]
         array([1., 2.])
     """
+    header, data = weights_blob_parts(weights, metadata=metadata)
+    return header + bytes(data)
+
+
+def weights_blob_parts(
+    weights: Weights, *, metadata: Mapping[str, str] | None = None
+) -> tuple[bytes, memoryview]:
+    """The blob of `encode_weights` as (header, data) without copying the tensors.
+
+    The data part is a view of ``weights.flat`` (tensors lie in the blob in
+    their order, back to back), so a sender can stream a model of any size
+    without a second copy of it in memory.
+
+    Raises:
+        ConfigError: as `encode_weights`.
+    """
     spec = weights.spec
     dtype = np.dtype(spec.dtype).name
     if dtype not in _CODES:
@@ -129,22 +144,36 @@ def encode_weights(weights: Weights, *, metadata: Mapping[str, str] | None = Non
     user[_SCHEMA_KEY] = SCHEMA_VERSION
     user[_NAMES_KEY] = json.dumps(list(spec.names))
     user[_DTYPE_KEY] = dtype
+    entries: dict[str, object] = {"__metadata__": user}
+    itemsize = np.dtype(spec.dtype).itemsize
+    offset = 0
+    for name, shape, size in zip(spec.names, spec.shapes, spec.sizes, strict=True):
+        end = offset + size * itemsize
+        entries[name] = {
+            "dtype": _CODES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, end],
+        }
+        offset = end
     try:
-        blob = bytes(_safetensors_save({name: weights[name] for name in spec.names}, user))
+        text = json.dumps(entries, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ConfigError(
             f"a tensor name or metadata string is not valid Unicode ({exc}). "
             "Use names without lone surrogates.",
             field="names",
         ) from exc
-    header_length = int.from_bytes(blob[:8], "little")
-    if header_length > MAX_HEADER_BYTES:
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data to 8 bytes
+    if len(text) > MAX_HEADER_BYTES:
         raise ConfigError(
-            f"the blob header is {header_length} bytes, over the {MAX_HEADER_BYTES}-byte "
+            f"the blob header is {len(text)} bytes, over the {MAX_HEADER_BYTES}-byte "
             "limit that decoders accept. Use fewer tensors or less metadata.",
             field="metadata",
         )
-    return blob
+    flat = weights.flat
+    if flat.dtype.byteorder == ">":  # the wire is little-endian
+        flat = flat.astype(flat.dtype.newbyteorder("<"))
+    return len(text).to_bytes(8, "little") + text, flat.data.cast("B")
 
 
 def decode_weights(
@@ -153,6 +182,7 @@ def decode_weights(
     expected: VectorSpec | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     source: str = "payload",
+    copy: bool = True,
 ) -> Weights:
     """Decode a blob from `encode_weights`, checking its layout before allocating.
 
@@ -161,9 +191,12 @@ def decode_weights(
         expected: the layout the weights must have; ``None`` accepts any valid layout.
         max_bytes: refuse blobs longer than this.
         source: where the bytes came from, for messages (``"client 'c3'"``).
+        copy: False lets the weights view `data` when its tensors lie in order, back
+            to back and aligned (as `encode_weights` writes them); the caller must then
+            own `data` and never change it.
 
     Returns:
-        New weights that own their buffer (they do not keep `data` alive).
+        The weights: a new buffer, or with ``copy=False`` possibly a view of `data`.
 
     Raises:
         DecodeError: the bytes are not a valid weights blob, or exceed `max_bytes`.
@@ -174,6 +207,9 @@ def decode_weights(
     if expected is not None:
         spec = _match_expected(spec, expected, source)
     wire = np.dtype(spec.dtype).newbyteorder("<")
+    if not copy and _in_order(layout, spec) and wire == np.dtype(spec.dtype):
+        view = np.frombuffer(data, wire, count=spec.size, offset=layout.data_start)
+        return Weights.from_flat(spec, view)
     flat = np.empty(spec.size, dtype=spec.dtype)
     cursor = 0
     for (begin, _end), size in zip(layout.ranges, spec.sizes, strict=True):
@@ -182,6 +218,17 @@ def decode_weights(
             flat[cursor : cursor + size] = np.frombuffer(data, wire, count=size, offset=offset)
         cursor += size
     return Weights.from_flat(spec, flat)
+
+
+def _in_order(layout: _Layout, spec: VectorSpec) -> bool:
+    """Whether the tensors lie in spec order, back to back, from an aligned start."""
+    itemsize = np.dtype(spec.dtype).itemsize
+    expected_begin = 0
+    for (begin, end), size in zip(layout.ranges, spec.sizes, strict=True):
+        if begin != expected_begin or end - begin != size * itemsize:
+            return False
+        expected_begin = end
+    return layout.data_start % itemsize == 0
 
 
 def decode_metadata(

@@ -40,7 +40,12 @@ from fedloom.core import (
 )
 from fedloom.errors import ConfigError, DecodeError, ShapeMismatch, did_you_mean
 from fedloom.proto import fleet_pb2
-from fedloom.transport.codec import MAX_HEADER_BYTES, decode_weights, encode_weights
+from fedloom.transport.codec import (
+    MAX_HEADER_BYTES,
+    decode_weights,
+    encode_weights,
+    weights_blob_parts,
+)
 
 __all__ = [
     "CHUNK_BYTES",
@@ -234,15 +239,15 @@ def encode_task(
         ConfigError: a config value or plug-in tensor cannot be encoded, or `chunk_bytes` < 1.
     """
     header = fleet_pb2.Header(schema=WIRE_SCHEMA, task_id=task_id, session=session)
-    blobs: tuple[bytes, ...] = ()
+    blobs: tuple[Blob, ...] = ()
     if isinstance(task, GetWeightsIns):
         header.kind = "get_weights"
     elif isinstance(task, EvaluateIns):
         header.kind = "evaluate"
-        blobs = (encode_weights(task.weights),)
+        blobs = (weights_blob_parts(task.weights),)
     elif isinstance(task, FitIns):
         header.kind = "fit"
-        blobs = (encode_weights(task.weights), _encode_tensors(task.tensors))
+        blobs = (weights_blob_parts(task.weights), (_encode_tensors(task.tensors),))
     else:
         raise ConfigError(
             f"cannot encode a task of type {type(task).__name__}; expected FitIns, "
@@ -285,12 +290,13 @@ def encode_result(
             `chunk_bytes` < 1.
     """
     header = fleet_pb2.Header(schema=WIRE_SCHEMA, task_id=task_id, session=session)
-    blobs: tuple[bytes, ...] = ()
+    blobs: tuple[Blob, ...] = ()
     if isinstance(reply, FitRes):
         header.kind = "fit"
         header.num_examples = reply.num_examples
         scalars_to_proto(reply.metrics, header.metrics)
-        blobs = (encode_weights(_as_weights(reply.weights)), _encode_tensors(reply.tensors))
+        weights = weights_blob_parts(_as_weights(reply.weights))
+        blobs = (weights, (_encode_tensors(reply.tensors),))
     elif isinstance(reply, EvaluateRes):
         header.kind = "evaluate"
         header.num_examples = reply.num_examples
@@ -298,7 +304,7 @@ def encode_result(
         scalars_to_proto(reply.metrics, header.metrics)
     elif isinstance(reply, WeightsRes):
         header.kind = "weights"
-        blobs = (encode_weights(_as_weights(reply.weights)),)
+        blobs = (weights_blob_parts(_as_weights(reply.weights)),)
     elif isinstance(reply, Failure):
         header.kind = "failure"
         header.error = reply.reason
@@ -412,8 +418,12 @@ def peek_header(
     return first.header, itertools.chain((first,), iterator)
 
 
+Blob = tuple[bytes | memoryview, ...]
+"""One blob as the parts it is sent from (a header and a view of the tensors: no copy)."""
+
+
 def _frames(
-    header: fleet_pb2.Header, blobs: tuple[bytes, ...], chunk_bytes: int
+    header: fleet_pb2.Header, blobs: tuple[Blob, ...], chunk_bytes: int
 ) -> Iterator[fleet_pb2.Frame]:
     if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
         raise ConfigError(
@@ -421,22 +431,39 @@ def _frames(
             field="chunk_bytes",
             value=chunk_bytes,
         )
-    header.weights_bytes = len(blobs[0]) if blobs else 0
-    header.tensors_bytes = len(blobs[1]) if len(blobs) > 1 else 0
-    return _slice(header, blobs, chunk_bytes)
+    header.weights_bytes = sum(len(part) for part in blobs[0]) if blobs else 0
+    header.tensors_bytes = sum(len(part) for part in blobs[1]) if len(blobs) > 1 else 0
+    return _slice(header, [part for blob in blobs for part in blob], chunk_bytes)
 
 
 def _slice(
-    header: fleet_pb2.Header, blobs: tuple[bytes, ...], chunk_bytes: int
+    header: fleet_pb2.Header, parts: list[bytes | memoryview], chunk_bytes: int
 ) -> Iterator[fleet_pb2.Frame]:
+    """Header, then the parts' bytes in frames of at most `chunk_bytes`, then the digest."""
     yield fleet_pb2.Frame(header=header)
     digest = hashlib.sha256()
-    for blob in blobs:
-        view = memoryview(blob)
-        for start in range(0, len(view), chunk_bytes):
-            chunk = bytes(view[start : start + chunk_bytes])
+    pending = bytearray()
+    for part in parts:
+        view = memoryview(part)
+        start = 0
+        if pending:  # top up a frame a previous part left short
+            start = min(chunk_bytes - len(pending), len(view))
+            pending += view[:start]
+            if len(pending) < chunk_bytes:
+                continue
+            digest.update(pending)
+            yield fleet_pb2.Frame(data=bytes(pending))
+            pending = bytearray()
+        for offset in range(start, len(view), chunk_bytes):
+            chunk = view[offset : offset + chunk_bytes]
+            if len(chunk) < chunk_bytes:
+                pending += chunk
+                break
             digest.update(chunk)
-            yield fleet_pb2.Frame(data=chunk)
+            yield fleet_pb2.Frame(data=bytes(chunk))
+    if pending:
+        digest.update(pending)
+        yield fleet_pb2.Frame(data=bytes(pending))
     yield fleet_pb2.Frame(sha256=digest.digest())
 
 
@@ -624,6 +651,7 @@ def _decode_weights(
             expected=expected,
             max_bytes=limits.max_message_bytes,
             source=stream.who,
+            copy=False,  # the payload buffer is ours alone: the weights may view it
         )
     except (DecodeError, ShapeMismatch) as exc:
         exc.client_id = stream.client_id
