@@ -1,9 +1,11 @@
-"""TOML configs for ``fedloom simulate``: parsed into frozen dataclasses, checked, then built.
+"""TOML configs for ``fedloom simulate``, ``server`` and ``client``: parsed, checked, then built.
 
 `load_config` reads a file, checks every key, type and name, and tries to build
 what the file describes (strategy, partitioner, stop rules, entry points), so a
 bad config fails before any round starts. `SimulationConfig.build` then returns
-the objects a run needs (`Federation`). Every problem is a `ConfigError` whose
+the objects a simulation needs (`Federation`); `build_server` what ``fedloom
+server`` needs (`ServerFederation`) and `build_client` what ``fedloom client``
+needs (`ClientApp`), from the same file. Every problem is a `ConfigError` whose
 message starts with the TOML key path and the file, e.g. ``[run].rounds in
 fedloom.toml: ...``. Unknown keys are errors. The format::
 
@@ -14,8 +16,8 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
     name = "quickstart"    # optional: run folder name (default "<config stem>-<UTC time>")
 
     [clients]
-    app = "task:client_fn"                    # required: client_fn(context) -> Client
-    num_clients = 10                          # required, integer >= 1
+    app = "task:client_fn"                    # client_fn(context) -> Client
+    num_clients = 10                          # integer >= 1
     evaluate = "task:evaluate"                # optional: fn(weights, server_round) -> metrics
     initial_weights = "task:initial_weights"  # optional: fn() -> Weights or mapping
 
@@ -37,6 +39,19 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
     keep_best = "central.accuracy"            # KeepBest (best.safetensors in the run folder)
     mode = "max"                              # "max" or "min", for all three rules
 
+    [server]                  # optional, read by `fedloom server` (its flags override it)
+    address = "0.0.0.0:8080"  # host:port to listen on (port 0: any free port)
+    min_clients = 10          # clients to wait for (default: [clients].num_clients, else 1)
+    max_clients = 100         # the most clients admitted at once (default: no limit)
+    join_timeout_s = 300      # how long to wait for min_clients
+    fit_timeout_s = 600       # each round's deadline
+    heartbeat_s = 2           # how often clients beat; three missed beats drop a client
+
+Each command reads what it uses (`Role`): ``simulate`` needs ``[clients].app`` and
+``num_clients``; ``server`` needs neither and imports only ``evaluate`` and
+``initial_weights``; ``client`` needs ``app`` (``num_clients`` is its default number of
+partitions) and imports only it.
+
 ``module:function`` strings are imported with the config file's folder first on
 ``sys.path``; nothing in the file is evaluated as code.
 """
@@ -45,6 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -75,10 +91,15 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "ROLES",
+    "ClientApp",
     "ClientsConfig",
     "DataConfig",
     "Federation",
+    "Role",
     "RunConfig",
+    "ServerConfig",
+    "ServerFederation",
     "SimulationConfig",
     "StopConfig",
     "StrategyConfig",
@@ -86,10 +107,17 @@ __all__ = [
 ]
 
 Mode = Literal["max", "min"]
-_SECTIONS = ("run", "clients", "data", "strategy", "stop")
+Role = Literal["simulate", "server", "client"]
+"""The command reading a config; each requires and imports only what it uses."""
+ROLES: tuple[Role, ...] = ("simulate", "server", "client")
+_SECTIONS = ("run", "clients", "data", "strategy", "stop", "server")
 _RUN_KEYS = ("rounds", "seed", "dir", "name")
 _CLIENTS_KEYS = ("app", "num_clients", "evaluate", "initial_weights")
 _STOP_KEYS = ("target_metric", "target_value", "patience", "patience_metric", "keep_best", "mode")
+_SERVER_KEYS = (
+    *("address", "min_clients", "max_clients"),
+    *("join_timeout_s", "fit_timeout_s", "heartbeat_s"),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,10 +132,13 @@ class RunConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ClientsConfig:
-    """``[clients]``: the client factory, how many clients, optional server-side functions."""
+    """``[clients]``: the client factory, how many clients, optional server-side functions.
 
-    app: str
-    num_clients: int
+    `app` and `num_clients` are None only in a config loaded for a role that does not need them.
+    """
+
+    app: str | None = None
+    num_clients: int | None = None
     evaluate: str | None = None
     initial_weights: str | None = None
 
@@ -144,6 +175,45 @@ class StopConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """``[server]``: where ``fedloom server`` listens and how long it waits for clients."""
+
+    address: str = "0.0.0.0:8080"
+    min_clients: int | None = None
+    """Clients to wait for before round 1; None: ``[clients].num_clients``, else 1."""
+    max_clients: int | None = None
+    join_timeout_s: float = 300.0
+    fit_timeout_s: float = 600.0
+    heartbeat_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        host, _, port = self.address.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(
+                f"address must be HOST:PORT, got {self.address!r}. Write e.g. "
+                '"0.0.0.0:8080" (all interfaces) or "127.0.0.1:0" (loopback, any free port).',
+                field="address",
+                value=self.address,
+            )
+        for key in ("join_timeout_s", "fit_timeout_s", "heartbeat_s"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"{key} must be a number of seconds > 0, got {value}.",
+                    field=key,
+                    value=value,
+                )
+        low, high = self.min_clients, self.max_clients
+        if low is not None and high is not None and low > high:
+            raise ConfigError(
+                f"min_clients ({low}) is more than max_clients ({high}), so round 1 could "
+                "never start. Lower min_clients or raise max_clients.",
+                field="min_clients",
+                value=low,
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Federation:
     """The objects a run needs, built from a `SimulationConfig`; callbacks are fresh."""
 
@@ -160,8 +230,37 @@ class Federation:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServerFederation:
+    """The objects ``fedloom server`` needs, built from a config; callbacks are fresh.
+
+    ``server.min_clients`` is resolved: ``[server].min_clients``, else
+    ``[clients].num_clients`` (at most ``max_clients``), else 1.
+    """
+
+    rounds: int
+    seed: int
+    strategy: Strategy
+    evaluate_fn: EvaluateFn | None
+    initial_weights: WeightsLike | None
+    callbacks: tuple[Callback, ...]
+    keep_best: KeepBest | None
+    server: ServerConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientApp:
+    """What ``fedloom client`` needs from a config: the client factory and the data split."""
+
+    client_fn: ClientFn
+    partitioner: Partitioner | None
+    seed: int
+    num_partitions: int | None
+    """``[clients].num_clients``, if given: the default number of partitions."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class SimulationConfig:
-    """A whole simulation config file, checked; `build` turns it into objects."""
+    """A whole config file, checked; `build`, `build_server` and `build_client` make objects."""
 
     path: Path
     run: RunConfig
@@ -169,6 +268,7 @@ class SimulationConfig:
     strategy: StrategyConfig
     data: DataConfig | None = None
     stop: StopConfig = field(default_factory=StopConfig)
+    server: ServerConfig | None = None
 
     def build(self) -> Federation:
         """Import the entry points and build the strategy, partitioner and stop rules.
@@ -176,21 +276,62 @@ class SimulationConfig:
         Raises:
             ConfigError: naming the TOML key and file of the first problem.
         """
-        client_fn, evaluate_fn, initial_fn = _entry_points(self.clients, self.path)
+        client_fn, evaluate_fn, initial_fn = _entry_points(self.clients, self.path, "simulate")
+        num_clients = _required(self.clients.num_clients, "num_clients", self.path)
         callbacks = _build_stop(self.stop, self.path)
-        keep_best = next((cb for cb in callbacks if isinstance(cb, KeepBest)), None)
         return Federation(
-            client_fn=client_fn,
-            num_clients=self.clients.num_clients,
+            client_fn=_required(client_fn, "app", self.path),
+            num_clients=num_clients,
             rounds=self.run.rounds,
             seed=self.run.seed,
             strategy=_build_strategy(self.strategy, self.path),
-            partitioner=None if self.data is None else _build_partitioner(self.data, self.path),
+            partitioner=self._partitioner(),
             evaluate_fn=evaluate_fn,
             initial_weights=None if initial_fn is None else _initial(initial_fn, self.path),
             callbacks=tuple(callbacks),
-            keep_best=keep_best,
+            keep_best=next((cb for cb in callbacks if isinstance(cb, KeepBest)), None),
         )
+
+    def build_server(self) -> ServerFederation:
+        """What ``fedloom server`` runs: strategy, stop rules, evaluation and ``[server]``.
+
+        Raises:
+            ConfigError: naming the TOML key and file of the first problem.
+        """
+        _, evaluate_fn, initial_fn = _entry_points(self.clients, self.path, "server")
+        callbacks = _build_stop(self.stop, self.path)
+        server = self.server if self.server is not None else ServerConfig()
+        if server.min_clients is None:
+            wanted = self.clients.num_clients or 1
+            limit = server.max_clients if server.max_clients is not None else wanted
+            server = dataclasses.replace(server, min_clients=min(wanted, limit))
+        return ServerFederation(
+            rounds=self.run.rounds,
+            seed=self.run.seed,
+            strategy=_build_strategy(self.strategy, self.path),
+            evaluate_fn=evaluate_fn,
+            initial_weights=None if initial_fn is None else _initial(initial_fn, self.path),
+            callbacks=tuple(callbacks),
+            keep_best=next((cb for cb in callbacks if isinstance(cb, KeepBest)), None),
+            server=server,
+        )
+
+    def build_client(self) -> ClientApp:
+        """What ``fedloom client`` runs: ``[clients].app``, the ``[data]`` split and the seed.
+
+        Raises:
+            ConfigError: naming the TOML key and file of the first problem.
+        """
+        client_fn, _, _ = _entry_points(self.clients, self.path, "client")
+        return ClientApp(
+            client_fn=_required(client_fn, "app", self.path),
+            partitioner=self._partitioner(),
+            seed=self.run.seed,
+            num_partitions=self.clients.num_clients,
+        )
+
+    def _partitioner(self) -> Partitioner | None:
+        return None if self.data is None else _build_partitioner(self.data, self.path)
 
     def to_dict(self) -> dict[str, Any]:
         """The config in the file's shape (sections of keys), JSON-able."""
@@ -201,15 +342,22 @@ class SimulationConfig:
         if self.strategy.config:
             sections["strategy"]["config"] = dict(self.strategy.config)
         sections["stop"] = asdict(self.stop)
+        if self.server is not None:
+            sections["server"] = asdict(self.server)
         return {name: _without_none(section) for name, section in sections.items()}
 
 
-def load_config(path: str | Path) -> SimulationConfig:
+def load_config(path: str | Path, *, role: Role = "simulate") -> SimulationConfig:
     """Read and check the TOML config at `path` (format in this module's docstring).
 
     Everything is checked here, including that the strategy and partitioner accept
-    their parameters and that every ``module:function`` imports, so nothing starts
-    from a bad file.
+    their parameters and that every ``module:function`` the `role` uses imports, so
+    nothing starts from a bad file.
+
+    Args:
+        path: the config file.
+        role: the command that will use it; it decides which ``[clients]`` keys are
+            required and which entry points are imported.
 
     Raises:
         ConfigError: naming the TOML key path and the file, what was wrong and how to fix it.
@@ -220,6 +368,10 @@ def load_config(path: str | Path) -> SimulationConfig:
         ...
         fedloom.errors.ConfigError: missing.toml: no such config file. ...
     """
+    if role not in ROLES:
+        raise ConfigError(
+            f"role must be one of {', '.join(ROLES)}, got {role!r}.", field="role", value=role
+        )
     file = Path(path)
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -236,7 +388,9 @@ def load_config(path: str | Path) -> SimulationConfig:
         ) from exc
     tables = _sections(data, file)
     run = Table(tables["run"], "run", file, keys=_RUN_KEYS, required=True)
-    clients = Table(tables["clients"], "clients", file, keys=_CLIENTS_KEYS, required=True)
+    clients = Table(
+        tables["clients"], "clients", file, keys=_CLIENTS_KEYS, required=role != "server"
+    )
     stop = Table(tables["stop"], "stop", file, keys=_STOP_KEYS)
     config = SimulationConfig(
         path=file,
@@ -247,8 +401,10 @@ def load_config(path: str | Path) -> SimulationConfig:
             name=run.get("name", "str"),
         ),
         clients=ClientsConfig(
-            app=clients.get("app", "str", required=True, example='"task:client_fn"'),
-            num_clients=clients.get("num_clients", "int", required=True, minimum=1, example="10"),
+            app=clients.get("app", "str", required=role != "server", example='"task:client_fn"'),
+            num_clients=clients.get(
+                "num_clients", "int", required=role == "simulate", minimum=1, example="10"
+            ),
             evaluate=clients.get("evaluate", "str"),
             initial_weights=clients.get("initial_weights", "str"),
         ),
@@ -262,8 +418,9 @@ def load_config(path: str | Path) -> SimulationConfig:
             keep_best=stop.get("keep_best", "str"),
             mode=stop.get("mode", "str", default="max"),
         ),
+        server=None if tables["server"] is None else _server_config(tables["server"], file),
     )
-    _entry_points(config.clients, file)
+    _entry_points(config.clients, file, role)
     _build_strategy(config.strategy, file)
     if config.data is not None:
         _build_partitioner(config.data, file)
@@ -424,25 +581,50 @@ def _build_stop(config: StopConfig, file: Path) -> list[Callback]:
     return callbacks
 
 
+def _server_config(data: Mapping[str, Any], file: Path) -> ServerConfig:
+    table = Table(data, "server", file, keys=_SERVER_KEYS)
+    values = {
+        "address": table.get("address", "str"),
+        "min_clients": table.get("min_clients", "int", minimum=1),
+        "max_clients": table.get("max_clients", "int", minimum=1),
+        **{key: table.get(key, "float") for key in _SERVER_KEYS[3:]},
+    }
+    given = {key: value for key, value in values.items() if value is not None}
+    server: ServerConfig = construct(ServerConfig, given, "[server]", file)
+    return server
+
+
 def _entry_points(
-    clients: ClientsConfig, file: Path
-) -> tuple[ClientFn, EvaluateFn | None, Callable[[], Any] | None]:
-    client_fn = resolve_entry_point(clients.app, key="[clients].app", config_file=file, num_args=1)
-    evaluate_fn = (
-        None
-        if clients.evaluate is None
-        else resolve_entry_point(
-            clients.evaluate, key="[clients].evaluate", config_file=file, num_args=2
+    clients: ClientsConfig, file: Path, role: Role
+) -> tuple[ClientFn | None, EvaluateFn | None, Callable[[], Any] | None]:
+    """The ``[clients]`` functions `role` calls (None for the others and for absent keys)."""
+
+    def resolve(key: str, num_args: int, used: bool) -> Callable[..., Any] | None:
+        spec = getattr(clients, key)
+        if spec is None or not used:
+            return None
+        return resolve_entry_point(
+            spec, key=f"[clients].{key}", config_file=file, num_args=num_args
         )
+
+    return (
+        resolve("app", 1, role != "server"),
+        resolve("evaluate", 2, role != "client"),
+        resolve("initial_weights", 0, role != "client"),
     )
-    initial_fn = (
-        None
-        if clients.initial_weights is None
-        else resolve_entry_point(
-            clients.initial_weights, key="[clients].initial_weights", config_file=file, num_args=0
+
+
+def _required(value: Any, key: str, file: Path) -> Any:
+    """`value`, or the error for a missing ``[clients]`` key (a config loaded for another role)."""
+    if value is None:
+        kind = "a string" if key == "app" else "an integer"
+        example = '"task:client_fn"' if key == "app" else "10"
+        raise config_error(
+            f"[clients].{key}",
+            file,
+            f"required key is missing. Add {kind} under [clients], e.g. {key} = {example}.",
         )
-    )
-    return client_fn, evaluate_fn, initial_fn
+    return value
 
 
 def _initial(function: Callable[[], Any], file: Path) -> WeightsLike:

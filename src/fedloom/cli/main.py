@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fedloom import __version__
-from fedloom.cli import simulate
+from fedloom.cli import certs, client, launch, server, simulate
 
 __all__ = ["build_parser", "main"]
 
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``fedloom`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="fedloom",
-        description="Federated learning: run federations from TOML configs.",
+        description="Federated learning: simulate federations from TOML configs, or deploy "
+        "them over gRPC (server, client, certs) and across local processes (launch).",
     )
     parser.add_argument("--version", action="version", version=f"fedloom {__version__}")
     parser.add_argument(
@@ -36,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     simulate.add_parser(subparsers)
+    server.add_parser(subparsers)
+    client.add_parser(subparsers)
+    certs.add_parser(subparsers)
+    launch.add_parser(subparsers)
     return parser
 
 
