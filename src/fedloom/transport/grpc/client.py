@@ -153,6 +153,13 @@ class ClientRuntime:
                             f"the server at {self.address} refused client '{self.name}': "
                             f"{err.details()}"
                         ) from err
+                    if "handshake failed" in (err.details() or "").lower():
+                        raise ConnectError(
+                            f"the TLS handshake with {self.address} failed, so client "
+                            f"'{self.name}' cannot trust the server or was not trusted: "
+                            f"{err.details()}. Check the CA (--ca or --certs) and the client "
+                            "certificate."
+                        ) from err
                     self._session = None
                     if code == grpc.StatusCode.NOT_FOUND:
                         continue  # the server forgot this session: join again at once

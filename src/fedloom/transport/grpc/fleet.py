@@ -136,6 +136,12 @@ class Fleet:
             self._reap()
             return self._live_names()
 
+    def session_of(self, name: ClientId) -> Session | None:
+        """The live session of client `name`, if it is connected."""
+        with self._lock:
+            session_id = self._by_name.get(name)
+            return None if session_id is None else self._sessions[session_id]
+
     def metadata(self, name: ClientId) -> Mapping[str, Scalar]:
         """What `name` said about itself when it joined."""
         with self._lock:
