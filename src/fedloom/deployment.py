@@ -95,7 +95,10 @@ def serve(
             callbacks=all_callbacks,
             fit_timeout_s=fit_timeout_s,
         )
-        return orchestrator.run(initial_weights)
+        # hand the weights over without keeping a reference here for the whole run
+        start = [initial_weights]
+        del initial_weights
+        return orchestrator.run(start.pop())
     finally:
         fleet.stop(wait_s=3 * heartbeat_s + 10.0)
         running.stop(grace_s=2.0)

@@ -105,10 +105,13 @@ class _MeanFold:
             chunk = scratch[: stop - start]
             np.subtract(new[start:stop], base[start:stop], out=chunk)
             target = self._sum[start:stop]
+            # plain NumPy on cache-sized chunks: memory-bound like BLAS, and no BLAS
+            # thread pool to fight a server's threads for the cores
             if self._count == 0:
                 np.multiply(chunk, self._dtype.type(scale), out=target)
             elif scale:
-                self._axpy(chunk, target, scale)
+                np.multiply(chunk, self._dtype.type(scale), out=chunk)
+                np.add(target, chunk, out=target)
         self._total += scale
         self._count += 1
 

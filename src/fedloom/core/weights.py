@@ -231,7 +231,9 @@ class Weights(Mapping[str, NDArray[np.floating]]):
 
 
 def _require_finite(weights: Weights, client_id: str) -> Weights:
-    if np.isfinite(weights.flat).all():
+    flat = weights.flat
+    step = 1 << 20  # a chunk at a time: no model-sized boolean array
+    if all(np.isfinite(flat[i : i + step]).all() for i in range(0, flat.size, step)):
         return weights
     for name in weights:
         bad = ~np.isfinite(weights[name])

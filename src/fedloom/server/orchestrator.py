@@ -114,6 +114,7 @@ class Orchestrator:
             NotEnoughResults: a round got fewer than ``min_fit`` usable results.
         """
         weights = self._initial_weights(initial_weights)
+        del initial_weights  # the state holds them; keep no second reference for the run
         state = self._strategy.init(weights)
         history = History()
         stop = ""
@@ -122,6 +123,7 @@ class Orchestrator:
             record = RoundRecord(server_round=0, metrics=self._central(weights, 0))
             stop = self._record(history, record, weights)
             stop_reason = stop or stop_reason
+        del weights
         for server_round in range(1, self._rounds + 1):
             if stop:
                 break
@@ -194,6 +196,7 @@ class Orchestrator:
             for result in source:
                 num_results += 1
                 yield result
+                del result
 
         try:
             state, fit_metrics = self._strategy.aggregate_fit(
@@ -238,8 +241,10 @@ class Orchestrator:
         """Yield each usable fit result as it arrives; record the rest as failures."""
         for client_id, reply in replies:
             result = self._check_fit(server_round, global_weights, client_id, reply, failures)
+            del reply
             if result is not None:
                 yield result
+            del result  # hold no result while the channel brings the next one
 
     def _check_fit(
         self,

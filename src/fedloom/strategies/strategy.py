@@ -210,7 +210,9 @@ class Strategy:
                         update, weight, tensors=result.tensors, metrics=result.metrics
                     )
                 fold.add(update, weight)
+                del update
             client_metrics.append((result.num_examples, result.metrics))
+            del result, base  # free this result before the next one arrives
         required = max(self.min_fit, self.aggregator.min_results)
         if fold.count < required:
             raise NotEnoughResults(received=fold.count, required=required)

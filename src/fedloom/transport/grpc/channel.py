@@ -57,4 +57,5 @@ class GrpcChannel:
             try:
                 yield name, reply
             finally:
+                del reply  # the fold is done with it: free it before the next is decoded
                 release()

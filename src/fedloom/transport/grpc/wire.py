@@ -520,7 +520,8 @@ def _read(
         if checked:
             stream.fail("sha256", f"must be the last frame, but frame {number} is {_part(frame)}")
         if part == "data":
-            size = len(frame.data)
+            data = frame.data  # each read of the field copies it: read it once
+            size = len(data)
             if size == 0:
                 stream.fail("data", f"of frame {number} is empty")
             if received + size > total:
@@ -529,8 +530,9 @@ def _read(
                     f"carries {received + size - total} bytes beyond the {total} declared by "
                     "weights_bytes + tensors_bytes",
                 )
-            payload[received : received + size] = frame.data
-            digest.update(frame.data)
+            payload[received : received + size] = data
+            digest.update(data)
+            del data
             received += size
         elif part == "sha256":
             if received < total:
