@@ -13,7 +13,7 @@ from fedloom.client import FunctionClient
 from fedloom.core import ClientContext, Config, Metrics, Partitioner, Weights, WeightsLike
 from fedloom.data import IID, Dirichlet
 from fedloom.errors import ConfigError
-from fedloom.strategies import fedavg
+from fedloom.strategies import fedavg, scaffold
 from fedloom.transport.codec import load_weights
 
 LABELS = np.repeat(np.arange(4), 10)
@@ -107,3 +107,17 @@ def test_simulate_clients_pulling_toward_their_index_converge_to_the_mean() -> N
     # and after 30 rounds from 0 it is 2**-30 ~ 9.3e-10.
     assert abs(float(result.weights["x"][0]) - 1.0) < 1e-9
     assert round(float(result.weights["x"][0]), 3) == 1.0
+
+
+def test_simulate_refuses_plugins_for_clients_that_cannot_apply_them() -> None:
+    """SCAFFOLD without its client half is a configuration error, before any round runs."""
+    built: list[str] = []
+
+    def client_fn(context: ClientContext) -> FunctionClient:
+        built.append(context.client_id)
+        return FunctionClient(weights={"x": [0.0]}, fit=lambda w, c: (w, 1, {}))
+
+    with pytest.raises(ConfigError, match=r"plug-ins \(scaffold\) need clients that apply them"):
+        fedloom.simulate(client_fn, num_clients=3, rounds=2, strategy=scaffold())
+
+    assert built == ["0"]  # checked on one client; no task ran

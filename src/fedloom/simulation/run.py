@@ -68,6 +68,9 @@ def simulate(
     channel = InProcessChannel(
         client_fn, num_clients=num_clients, seed=seed, partitioner=partitioner
     )
+    strategy = strategy if strategy is not None else fedavg()
+    if strategy.plugins:
+        _require_plugin_clients(client_fn, channel, strategy)
     all_callbacks = list(callbacks)
     if run_dir is not None:
         from fedloom.store import RunFolder
@@ -75,10 +78,25 @@ def simulate(
         all_callbacks.append(RunFolder(run_dir))
     orchestrator = Orchestrator(
         channel,
-        strategy if strategy is not None else fedavg(),
+        strategy,
         rounds=rounds,
         seed=seed,
         evaluate_fn=evaluate_fn,
         callbacks=all_callbacks,
     )
     return orchestrator.run(initial_weights)
+
+
+def _require_plugin_clients(
+    client_fn: ClientFn, channel: InProcessChannel, strategy: Strategy
+) -> None:
+    """Refuse, before any round, clients that cannot apply the strategy's plug-ins."""
+    client = client_fn(channel.context(channel.clients()[0]))
+    if not hasattr(client, "fit_plugins"):
+        names = ", ".join(plugin.name for plugin in strategy.plugins)
+        raise ConfigError(
+            f"the strategy's client plug-ins ({names}) need clients that apply them, but "
+            f"client_fn builds {type(client).__name__}, which does not. Use TorchClient or "
+            "GradientClient, or a strategy without plug-ins.",
+            field="strategy.plugins",
+        )
