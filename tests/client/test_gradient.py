@@ -407,7 +407,7 @@ def test_gradient_client_scaffold_state_persists_between_rounds_in_simulate() ->
     simulate(client_fn, num_clients=3, rounds=3, strategy=strategy)
 
     by_round = {(call.client_id, call.server_round): call for call in calls}
-    assert len(built) == 10  # once for the initial weights, then once per fit task
+    assert len(built) == 11  # the plug-in check, the initial weights, then once per fit task
     assert all(by_round[(client_id, 1)].state_in == {} for client_id in "012")
     for client_id in "012":
         for server_round in (2, 3):
