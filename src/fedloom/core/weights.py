@@ -9,6 +9,7 @@ result is checked against.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -56,7 +57,7 @@ class VectorSpec:
     @property
     def sizes(self) -> tuple[int, ...]:
         """Number of elements of each tensor, in order."""
-        return tuple(int(np.prod(shape, dtype=np.int64)) for shape in self.shapes)
+        return tuple(math.prod(shape) for shape in self.shapes)
 
     @property
     def size(self) -> int:
