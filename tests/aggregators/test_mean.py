@@ -436,3 +436,19 @@ def test_mean_fold_add_difference_equals_adding_the_difference(
 
     np.testing.assert_allclose(fused.result(), plain.result(), rtol=1e-6, atol=1e-6)
     assert fused.count == 3
+
+
+def test_mean_fold_add_difference_with_different_bases_and_plain_adds_mixed() -> None:
+    """Results against another base (async) and plain updates fold into the same mean."""
+    rng = np.random.default_rng(1)
+    base, other = rng.standard_normal(70_001), rng.standard_normal(70_001)
+    new = [rng.standard_normal(70_001) for _ in range(3)]
+    fold = WeightedMean().fold(base.size, np.float64)
+
+    fold.add_difference(new[0], base, 2.0)
+    fold.add_difference(new[1], other, 1.0)
+    fold.add(new[2], 1.0)
+
+    # (2 (n0 - base) + 1 (n1 - other) + 1 n2) / (2 + 1 + 1)
+    expected = (2 * (new[0] - base) + (new[1] - other) + new[2]) / 4
+    np.testing.assert_allclose(fold.result(), expected, rtol=1e-12, atol=1e-12)

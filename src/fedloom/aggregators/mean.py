@@ -62,6 +62,8 @@ class _MeanFold:
         self._total = 0.0
         self._count = 0
         self._done = False
+        self._base: Vector | None = None  # the vector subtracted from add_difference results
+        self._base_weight = 0.0
 
     @property
     def count(self) -> int:
@@ -77,18 +79,17 @@ class _MeanFold:
             )
         _check_weight(float(weight))
         scale = float(weight) if self._weighted else 1.0
-        if self._count == 0:
-            np.multiply(update, self._dtype.type(scale), out=self._sum)
-        elif scale:
-            self._axpy(update, self._sum, scale)
+        self._add_scaled(update, scale)
         self._total += scale
         self._count += 1
 
     def add_difference(self, new: Vector, base: Vector, weight: float) -> None:
-        """Fold in ``new - base`` without materialising it: a cache-sized chunk at a time.
+        """Fold in ``new - base`` without materialising the difference.
 
-        The server folds each client's weights minus the global ones this way, so a
-        round holds no O(model) temporary per result.
+        The server folds each client's weights minus the same global weights:
+        it adds ``weight * new`` (one BLAS pass) and subtracts ``total * base``
+        once in `result`, as FedAvg averages weights. A result whose `base` is
+        another array is subtracted a cache-sized chunk at a time.
         """
         if self._done:
             raise AggregationError("this fold's result() was already taken; start a new fold.")
@@ -99,21 +100,30 @@ class _MeanFold:
             )
         _check_weight(float(weight))
         scale = float(weight) if self._weighted else 1.0
-        scratch = np.empty(min(_CHUNK, new.size), dtype=self._dtype)
-        for start in range(0, new.size, _CHUNK):
-            stop = min(start + _CHUNK, new.size)
-            chunk = scratch[: stop - start]
-            np.subtract(new[start:stop], base[start:stop], out=chunk)
-            target = self._sum[start:stop]
-            # plain NumPy on cache-sized chunks: memory-bound like BLAS, and no BLAS
-            # thread pool to fight a server's threads for the cores
-            if self._count == 0:
-                np.multiply(chunk, self._dtype.type(scale), out=target)
-            elif scale:
-                np.multiply(chunk, self._dtype.type(scale), out=chunk)
-                np.add(target, chunk, out=target)
+        if self._base is None:
+            self._base = base
+        if base is self._base:
+            self._add_scaled(new, scale)
+            self._base_weight += scale
+        else:
+            scratch = np.empty(min(_CHUNK, new.size), dtype=self._dtype)
+            for start in range(0, new.size, _CHUNK):
+                stop = min(start + _CHUNK, new.size)
+                chunk = scratch[: stop - start]
+                np.subtract(new[start:stop], base[start:stop], out=chunk)
+                self._add_scaled(chunk, scale, start, stop)
         self._total += scale
         self._count += 1
+
+    def _add_scaled(
+        self, vector: Vector, scale: float, start: int = 0, stop: int | None = None
+    ) -> None:
+        """``sum[start:stop] += scale * vector`` (a copy-scale for the first result)."""
+        target = self._sum[start:stop]
+        if self._count == 0:
+            np.multiply(vector, self._dtype.type(scale), out=target)
+        elif scale:
+            self._axpy(vector, target, scale)
 
     def result(self) -> Vector:
         if self._done:
@@ -125,6 +135,8 @@ class _MeanFold:
                 f"all {self._count} updates have weight 0 (num_examples == 0), so their "
                 "weighted mean is undefined. Make clients report how many examples they used."
             )
+        if self._base is not None and self._base_weight:
+            self._axpy(self._base, self._sum, -self._base_weight)
         self._sum *= self._dtype.type(1.0 / self._total)
         self._done = True
         return self._sum
