@@ -81,14 +81,18 @@ def serve(
                 f"{join_timeout_s:g} s (port {running.port}). Start more clients, check their "
                 "address and token, or lower min_clients."
             )
-        all_callbacks = list(callbacks)
+        strategy = strategy if strategy is not None else fedavg()
+        all_callbacks: list[Callback] = [
+            _AwaitClients(fleet, count=strategy.min_fit, timeout_s=join_timeout_s),
+            *callbacks,
+        ]
         if run_dir is not None:
             from fedloom.store import RunFolder
 
             all_callbacks.append(RunFolder(run_dir))
         orchestrator = Orchestrator(
             GrpcChannel(fleet),
-            strategy if strategy is not None else fedavg(),
+            strategy,
             rounds=rounds,
             seed=seed,
             evaluate_fn=evaluate_fn,
@@ -102,6 +106,29 @@ def serve(
     finally:
         fleet.stop(wait_s=3 * heartbeat_s + 10.0)
         running.stop(grace_s=2.0)
+
+
+class _AwaitClients(Callback):
+    """Before each round, wait (bounded) until at least `count` clients are connected.
+
+    Clients dropped for missed heartbeats usually rejoin within seconds; a round
+    that starts before they do would fail for want of results.
+    """
+
+    def __init__(self, fleet: Fleet, *, count: int, timeout_s: float) -> None:
+        self._fleet = fleet
+        self._count = count
+        self._timeout_s = timeout_s
+
+    def on_round_start(self, server_round: int) -> None:
+        joined = self._fleet.wait_for(self._count, timeout_s=self._timeout_s)
+        if len(joined) < self._count:
+            logger.warning(
+                "round %d starts with %d clients; min_fit is %d",
+                server_round,
+                len(joined),
+                self._count,
+            )
 
 
 def connect(

@@ -110,6 +110,7 @@ class ClientRuntime:
         self._chunk_bytes = chunk_bytes
         self._state: ClientState = {}
         self._session: str | None = None
+        self._heartbeat_s = 2.0
         self._lock = threading.Lock()
         self.tasks_done = 0
 
@@ -225,9 +226,11 @@ class ClientRuntime:
         beating: threading.Event,
     ) -> None:
         while not (stop.is_set() or finished.is_set()):
+            if not beating.wait(timeout=0.1):  # not joined yet: beat as soon as it is
+                continue
             with self._lock:
-                session, interval = self._session, getattr(self, "_heartbeat_s", 2.0)
-            if session is not None and beating.is_set():
+                session, interval = self._session, self._heartbeat_s
+            if session is not None:
                 try:
                     reply = stub.Beat(
                         fleet_pb2.BeatRequest(session=session),

@@ -177,6 +177,7 @@ class Fleet:
     def _end(self, session_id: str, *, reason: str) -> None:
         session = self._sessions.pop(session_id)
         session.alive = False
+        session.tasks.put(_STOP)  # a request waiting on it returns, and the client joins again
         if self._by_name.get(session.name) == session_id:
             del self._by_name[session.name]
         for pending in list(self._pending.values()):

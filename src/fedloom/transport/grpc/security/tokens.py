@@ -100,8 +100,14 @@ def check_token(token: object, what: str) -> None:
 
 
 def generate_token() -> str:
-    """A fresh random token: 32 bytes from `secrets`, URL-safe base64 (43 characters)."""
-    return secrets.token_urlsafe(32)
+    """A fresh random token: 32 bytes from `secrets`, URL-safe base64 (43 characters).
+
+    It never starts with ``-``, so ``--token TOKEN`` on a command line is not read as a flag.
+    """
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def load_tokens(path: str | os.PathLike[str]) -> Tokens:
