@@ -83,8 +83,10 @@ class TorchClient:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.", field="batch_size")
         self.device = torch.device(device)
         self.model = model.to(self.device)
-        self.train_data = _check_data(train, "train")
-        self.test_data = None if test is None else _check_data(test, "test")
+        self.train_data = _on_device(_check_data(train, "train"), self.device)
+        self.test_data = (
+            None if test is None else _on_device(_check_data(test, "test"), self.device)
+        )
         self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
         self.optimizer = optimizer
         self.local_epochs = local_epochs
@@ -173,7 +175,12 @@ class TorchClient:
         self.model.train()
         total_loss, total_examples, steps = 0.0, 0, 0
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # DataLoader shuffling and dropout, restored afterwards
+            # seeds DataLoader shuffling and dropout on the CPU, restored afterwards;
+            # torch.manual_seed would also queue seeding of every accelerator backend,
+            # which costs more than a small model's whole local epoch
+            torch.default_generator.manual_seed(seed)
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed(seed)
             for _ in range(epochs):
                 total_loss, total_examples = 0.0, 0
                 for inputs, targets in self._batches(self.train_data, generator, shuffle=True):
@@ -228,16 +235,19 @@ class TorchClient:
             for inputs, targets in data:
                 yield inputs.to(self.device), targets.to(self.device)
             return
-        inputs, targets = data
+        inputs, targets = data  # already on the device (moved once, in __init__)
         count = len(targets)
-        order = torch.randperm(count, generator=generator) if shuffle else None
+        if not shuffle:
+            for start in range(0, count, self.batch_size):
+                yield (
+                    inputs[start : start + self.batch_size],
+                    targets[start : start + self.batch_size],
+                )
+            return
+        order = torch.randperm(count, generator=generator).to(self.device)
         for start in range(0, count, self.batch_size):
-            index = slice(start, start + self.batch_size)
-            if order is None:
-                yield inputs[index].to(self.device), targets[index].to(self.device)
-            else:
-                chosen = order[index]
-                yield inputs[chosen].to(self.device), targets[chosen].to(self.device)
+            chosen = order[start : start + self.batch_size]
+            yield inputs[chosen], targets[chosen]
 
 
 class _PluginHooks:
@@ -376,6 +386,14 @@ def _describe_optimizer(optimizer: torch.optim.Optimizer) -> OptimizerChoice:
     if type(optimizer) is torch.optim.Adam:
         return OptimizerChoice(kind="adam", lr=lr)
     return OptimizerChoice(kind=name, lr=lr)
+
+
+def _on_device(data: Batches, device: torch.device) -> Batches:
+    """Tensor data moved to `device` once (a no-op when it is there); loaders move per batch."""
+    if isinstance(data, DataLoader):
+        return data
+    inputs, targets = data
+    return inputs.to(device), targets.to(device)
 
 
 def _check_data(data: Batches, field: str) -> Batches:

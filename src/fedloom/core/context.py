@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -41,6 +42,10 @@ class ClientContext:
     num_partitions: int
     seed: int = 0
     partitioner: Partitioner | None = None
+    cache: dict[bytes, list[NDArray[np.int64]]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    """Where a simulation keeps splits it computed, shared by its clients' contexts."""
 
     def partition(self, labels: ArrayLike) -> NDArray[np.int64]:
         """This client's sample indices into `labels`, from the configured partitioner.
@@ -53,5 +58,15 @@ class ClientContext:
                 "ClientContext.partition() needs a partitioner, but none was configured. "
                 "Pass partitioner=... to simulate() or set [data].partitioner in the config."
             )
-        parts = self.partitioner.split(labels, self.num_partitions, seed=self.seed)
-        return parts[self.partition_id]
+        if self.cache is None:
+            return self.partitioner.split(labels, self.num_partitions, seed=self.seed)[
+                self.partition_id
+            ]
+        array = np.ascontiguousarray(labels)
+        digest = hashlib.blake2b(array.tobytes(), digest_size=16)
+        digest.update(repr((array.dtype.str, array.shape, self.num_partitions, self.seed)).encode())
+        digest.update(repr(self.partitioner).encode())
+        key = digest.digest()
+        if key not in self.cache:
+            self.cache[key] = self.partitioner.split(array, self.num_partitions, seed=self.seed)
+        return self.cache[key][self.partition_id]

@@ -12,6 +12,9 @@ import heapq
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
+from numpy.typing import NDArray
+
 from fedloom.core import (
     ClientContext,
     ClientId,
@@ -62,6 +65,7 @@ class InProcessChannel:
         self._seed = seed
         self._partitioner = partitioner
         self._states: dict[ClientId, dict[str, Vector]] = {}
+        self._partitions: dict[bytes, list[NDArray[np.int64]]] = {}  # splits computed once
         self._latency = latency
         self._clock = 0.0
         self._arrivals: list[tuple[float, int, ClientId, Reply]] = []
@@ -78,6 +82,7 @@ class InProcessChannel:
             num_partitions=len(self._ids),
             seed=self._seed,
             partitioner=self._partitioner,
+            cache=self._partitions,
         )
 
     def run(
