@@ -8,7 +8,9 @@ round and client), and handed to the waiting round.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -128,9 +130,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             yield from encode_signal(kind, session=session.session_id)
             return
         task_id, task = item
-        yield from encode_task(
+        for frame in encode_task(
             task_id, task, session=session.session_id, chunk_bytes=self._chunk_bytes
-        )
+        ):
+            yield frame
+            self._fleet.touch(session.session_id)  # moving data is a sign of life
 
     def Push(  # noqa: N802
         self, request_iterator: Iterator[fleet_pb2.Frame], context: grpc.ServicerContext
@@ -145,10 +149,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         claim = self._fleet.claim(header.task_id, session.session_id)
         if isinstance(claim, str):
             return self._refuse(context, f"dropped a result from '{session.name}': {claim}")
-        self._fleet.acquire_upload()
+        while not self._fleet.acquire_upload(timeout_s=1.0):
+            self._fleet.touch(session.session_id)  # waiting its turn to upload is not silence
         try:
             _, reply = decode_result(
-                frames,
+                _touching(frames, self._fleet, session.session_id),
                 limits=self._limits,
                 expected=claim.expected,
                 source=f"client '{session.name}'",
@@ -173,6 +178,15 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         return fleet_pb2.PushReply(accepted=False, reason=reason)
 
 
+def _touching(
+    frames: Iterator[fleet_pb2.Frame], fleet: Fleet, session_id: str
+) -> Iterator[fleet_pb2.Frame]:
+    """`frames`, noting the session alive as each arrives: a long upload is not silence."""
+    for frame in frames:
+        fleet.touch(session_id)
+        yield frame
+
+
 @dataclass(frozen=True)
 class RunningServer:
     """A started gRPC server and the port it listens on."""
@@ -183,6 +197,27 @@ class RunningServer:
     def stop(self, grace_s: float = 1.0) -> None:
         """Stop serving; calls in progress get `grace_s` to finish."""
         self.server.stop(grace_s).wait(timeout=grace_s + 5)
+
+
+def _release_large_buffers_to_the_os() -> None:
+    """Ask glibc to map every buffer of 1 MiB or more on its own (best effort, Linux only).
+
+    Frames of up to 4 MiB are allocated and freed for every chunk received. By
+    default glibc raises its mmap threshold after the first such free and then
+    keeps later ones in per-thread heaps, so a server's resident memory grows by
+    hundreds of MB beyond the model; with a fixed threshold freed frames go back
+    to the OS at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        logger.debug("could not set the mmap threshold", exc_info=True)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 def start_server(
@@ -206,6 +241,7 @@ def start_server(
         chunk_bytes: size of the data frames sent.
         max_workers: threads serving calls (each waiting client holds one).
     """
+    _release_large_buffers_to_the_os()
     interceptors: list[grpc.ServerInterceptor] = []
     if tokens is not None:
         interceptors.append(AuthInterceptor(tokens, fleet_pb2.DESCRIPTOR.services_by_name["Fleet"]))
