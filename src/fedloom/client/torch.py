@@ -214,7 +214,7 @@ class TorchClient:
                 field="test",
             )
         self.set_weights(weights)
-        self.model.eval()
+        self.model.eval()  # safe: nn.Module.eval() switches to inference mode; nothing is evaluated
         total_loss, correct, count = 0.0, 0, 0
         classify = True
         with torch.no_grad():
