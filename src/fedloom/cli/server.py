@@ -28,7 +28,7 @@ from fedloom.cli._options import (
     read_secret,
     warn_insecure,
 )
-from fedloom.cli.simulate import _run_folder, _summarize
+from fedloom.cli._runs import run_folder, summarize
 from fedloom.config import ServerConfig, ServerFederation, SimulationConfig, load_config
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.observe import ProgressBar
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.insecure:
         warn_insecure()
     settings = federation.server
-    folder = _run_folder(config, args.run_dir)
+    folder = run_folder(config, args.run_dir)
     record = _record(config, federation, tls=tls is not None, tokens=tokens)
     progress = None if args.no_progress else ProgressBar(rounds=federation.rounds)
     host = settings.address.rpartition(":")[0]
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
-    _summarize(result, folder, federation.keep_best)
+    summarize(result, folder, federation.keep_best)
     return 0
 
 

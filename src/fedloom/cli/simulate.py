@@ -13,21 +13,18 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fedloom.cli._options import positive_int
+from fedloom.cli._runs import run_folder, summarize
 from fedloom.config import Federation, SimulationConfig, load_config
 from fedloom.errors import ConfigError, FedloomError
-from fedloom.observe import ProgressBar, format_metrics
-from fedloom.server import KeepBest, RunResult
+from fedloom.observe import ProgressBar
 from fedloom.simulation import simulate
 from fedloom.store import RunFolder
-from fedloom.transport.codec import save_weights
 
-__all__ = ["BEST_FILE", "add_parser", "run"]
-
-BEST_FILE = "best.safetensors"
+__all__ = ["add_parser", "run"]
 
 _SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
 
@@ -42,7 +39,7 @@ def add_parser(subparsers: _SubParsers[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("config", metavar="CONFIG.toml", type=Path, help="the config file")
     parser.add_argument(
-        "--rounds", type=_positive_int, metavar="N", help="run N rounds (overrides [run].rounds)"
+        "--rounds", type=positive_int, metavar="N", help="run N rounds (overrides [run].rounds)"
     )
     parser.add_argument(
         "--run-dir",
@@ -70,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         federation = config.build()
     except ConfigError as exc:
         return _fail(exc, status=2)
-    folder = _run_folder(config, args.run_dir)
+    folder = run_folder(config, args.run_dir)
     callbacks = [*federation.callbacks, RunFolder(folder, config=_record(config, federation))]
     progress = None if args.no_progress else ProgressBar(rounds=federation.rounds)
     try:
@@ -95,18 +92,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
-    _summarize(result, folder, federation.keep_best)
+    summarize(result, folder, federation.keep_best)
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
 
 
 def _fail(error: Exception, *, status: int, folder: Path | None = None) -> int:
@@ -114,19 +101,6 @@ def _fail(error: Exception, *, status: int, folder: Path | None = None) -> int:
     if folder is not None:
         print(f"the rounds done so far are in {folder}", file=sys.stderr)
     return status
-
-
-def _run_folder(config: SimulationConfig, run_dir: Path | None) -> Path:
-    """``<dir>/<name>``; a generated name gets a ``-2``, ``-3``... suffix if it is taken."""
-    parent = run_dir if run_dir is not None else Path(config.run.dir)
-    if config.run.name is not None:
-        return parent / config.run.name
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    folder, suffix = parent / f"{config.path.stem}-{stamp}", 1
-    while folder.exists():
-        suffix += 1
-        folder = parent / f"{config.path.stem}-{stamp}-{suffix}"
-    return folder
 
 
 def _record(config: SimulationConfig, federation: Federation) -> dict[str, Any]:
@@ -140,17 +114,3 @@ def _record(config: SimulationConfig, federation: Federation) -> dict[str, Any]:
     # Values are plain TOML scalars and dataclass fields; str() covers anything else.
     loaded: dict[str, Any] = json.loads(json.dumps(record, default=str))
     return loaded
-
-
-def _summarize(result: RunResult, folder: Path, keep_best: KeepBest | None) -> None:
-    if len(result.history):
-        last = result.history[-1]
-        print(f"final (round {last.server_round}): {format_metrics(last.metrics, limit=8)}")
-    print(f"stopped: {result.stop_reason}")
-    if keep_best is not None and keep_best.weights is not None:
-        save_weights(folder / BEST_FILE, keep_best.weights)
-        print(
-            f"best {keep_best.metric} = {keep_best.value:.4g} at round {keep_best.server_round}: "
-            f"{folder / BEST_FILE}"
-        )
-    print(f"run folder: {folder}")

@@ -14,7 +14,7 @@ import queue
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
-from fedloom.core import ClientId, EvaluateIns, FitIns, Reply, Task
+from fedloom.core import ClientId, FitIns, Reply, Task
 from fedloom.transport.grpc.fleet import Fleet, Replies
 
 __all__ = ["GrpcChannel"]
@@ -36,9 +36,8 @@ class GrpcChannel:
     ) -> Iterator[tuple[ClientId, Reply]]:
         replies: Replies = queue.Queue()
         for name, task in tasks.items():
-            expected = task.weights.spec if isinstance(task, FitIns | EvaluateIns) else None
-            if isinstance(task, EvaluateIns):
-                expected = None  # an evaluation returns no weights
+            # only a fit returns weights to check against the model it was sent
+            expected = task.weights.spec if isinstance(task, FitIns) else None
             self._fleet.send(name, task, expected=expected, replies=replies)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         remaining = len(tasks)
