@@ -14,8 +14,11 @@
     ├── ClientError                   user client code raised during a task
     ├── AggregationError              results could not be combined
     │   └── NotEnoughResults
-    └── PrivacyError
-        └── BudgetExhausted
+    ├── PrivacyError
+    │   └── BudgetExhausted
+    └── StoreError                    the run store cannot be used
+        ├── StoreUnreachable          its database cannot be reached
+        └── CorruptState              a recorded file or row fails its checksum
 
 Every exception carries structured attributes as well as its text, so callers
 can react without parsing messages.
@@ -32,6 +35,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ConnectError",
+    "CorruptState",
     "DeadlineExceeded",
     "DecodeError",
     "FedloomError",
@@ -40,6 +44,8 @@ __all__ = [
     "PrivacyError",
     "ProtocolError",
     "ShapeMismatch",
+    "StoreError",
+    "StoreUnreachable",
     "TransportError",
     "did_you_mean",
 ]
@@ -145,3 +151,31 @@ class PrivacyError(FedloomError):
 
 class BudgetExhausted(PrivacyError):
     """The privacy budget would be exceeded by another round."""
+
+
+class StoreError(FedloomError):
+    """The run store (SQLite file or database server) cannot be used as asked."""
+
+
+class StoreUnreachable(StoreError):
+    """The store's database cannot be reached or opened; the message shows the URL, password masked.
+
+    Attributes:
+        url: the URL with its password replaced by ``***``.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class CorruptState(StoreError):
+    """A recorded checkpoint, state file or database fails its checks; nothing was loaded.
+
+    Attributes:
+        path: the file that failed, when a file did.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

@@ -18,7 +18,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -36,7 +36,9 @@ __all__ = [
     "encode_weights",
     "load_weights",
     "save_weights",
+    "weights_blob_parts",
     "write_atomic",
+    "write_atomic_parts",
 ]
 
 SCHEMA_VERSION = "1"
@@ -250,6 +252,11 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     allows. On failure the temporary file is removed and `path` is untouched.
     A new file gets mode 0644; an existing file keeps its mode.
     """
+    write_atomic_parts(path, (data,))
+
+
+def write_atomic_parts(path: str | os.PathLike[str], parts: Iterable[bytes | memoryview]) -> None:
+    """`write_atomic` for data given in parts (e.g. `weights_blob_parts`), without joining them."""
     target = os.path.abspath(os.fspath(path))
     directory, name = os.path.split(target)
     try:
@@ -259,7 +266,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     try:
         with open(descriptor, "wb") as handle:
-            handle.write(data)
+            for part in parts:
+                handle.write(part)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)
