@@ -1,7 +1,8 @@
 """The dashboard's read-only JSON API: request paths in, JSON-able documents out.
 
-Pure functions over a `Store`; the HTTP server (`fedloom.observe.dashboard.server`)
-only adds transport, authentication and headers. Every input (path segments,
+Pure functions over a `RunCatalog` (one store or many run folders); the HTTP
+server (`fedloom.observe.dashboard.server`) only adds transport, authentication
+and headers. Every input (path segments,
 query parameters) is checked here, and an unusable one becomes an `ApiError`
 with the HTTP status and a message saying what was expected.
 
@@ -26,7 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from fedloom.errors import ConfigError
-from fedloom.store import Store
+from fedloom.observe.catalog import RunCatalog
 
 __all__ = ["ApiError", "ConnectedFn", "handle", "run_progress"]
 
@@ -47,7 +48,9 @@ class ApiError(Exception):
         self.status = status
 
 
-def handle(store: Store, path: str, query: str, *, connected: ConnectedFn | None = None) -> Any:
+def handle(
+    store: RunCatalog, path: str, query: str, *, connected: ConnectedFn | None = None
+) -> Any:
     """The JSON document for ``GET path?query``.
 
     Args:
@@ -141,7 +144,7 @@ def _round(text: str) -> int:
     return int(text)
 
 
-def _known_run(store: Store, run_id: str) -> Any:
+def _known_run(store: RunCatalog, run_id: str) -> Any:
     try:
         return store.get_run(run_id)
     except ConfigError as exc:  # the store's "no such run"
@@ -175,7 +178,7 @@ def _run_summary(info: Any) -> dict[str, Any]:
     return summary
 
 
-def _run_detail(store: Store, run_id: str) -> dict[str, Any]:
+def _run_detail(store: RunCatalog, run_id: str) -> dict[str, Any]:
     info = _known_run(store, run_id)
     detail = dataclasses.asdict(info)
     detail["rounds_planned"] = run_progress(info.config)
@@ -185,7 +188,7 @@ def _run_detail(store: Store, run_id: str) -> dict[str, Any]:
     return detail
 
 
-def _clients(store: Store, run_id: str, connected: ConnectedFn | None) -> list[dict[str, Any]]:
+def _clients(store: RunCatalog, run_id: str, connected: ConnectedFn | None) -> list[dict[str, Any]]:
     info = _known_run(store, run_id)
     tallies: dict[str, dict[str, Any]] = {}
     for result in store.client_results(run_id):

@@ -2,8 +2,8 @@
 
 Built on the standard library's `ThreadingHTTPServer`. Only ``GET`` and ``HEAD``
 are served; the page's three files come from a fixed table (no path from a
-request ever reaches the file system), and every API request opens the store,
-answers, and closes it, so requests share no connection across threads.
+request ever reaches the file system), and the API reads through one `RunCatalog`,
+whose lock serializes the requests' reads.
 
 Security: the API needs ``Authorization: Bearer <token>`` with a token the
 server accepts (its per-client tokens or shared secret) whenever tokens are
@@ -21,7 +21,6 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,8 +30,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from fedloom.errors import ConfigError, FedloomError
+from fedloom.observe.catalog import RunCatalog, open_catalog
 from fedloom.observe.dashboard.api import ApiError, ConnectedFn, handle
-from fedloom.store import Store, open_store
 
 __all__ = ["Dashboard", "TokenCheck", "is_loopback", "start_dashboard"]
 
@@ -79,7 +78,7 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class _Settings:
-    open_store: Callable[[], Store]
+    catalog: RunCatalog
     tokens: TokenCheck | None
     connected: ConnectedFn | None
     static: dict[str, bytes]
@@ -150,19 +149,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, path: str, query: str) -> Any:
         try:
-            store = self.settings.open_store()
-        except FedloomError as exc:
-            logger.warning("dashboard: cannot open the store: %s", exc)
-            raise ApiError(503, f"the store cannot be opened: {exc}") from exc
-        try:
-            return handle(store, path, query, connected=self.settings.connected)
+            return handle(self.settings.catalog, path, query, connected=self.settings.connected)
         except UnicodeDecodeError as exc:
             raise ApiError(400, "the URL path is not valid percent-encoded UTF-8.") from exc
         except FedloomError as exc:
             logger.warning("dashboard: %s failed: %s", path, exc)
-            raise ApiError(500, f"the store could not answer: {exc}") from exc
-        finally:
-            store.close()
+            raise ApiError(503, f"the store could not answer: {exc}") from exc
 
     def _authorized(self) -> bool:
         tokens = self.settings.tokens
@@ -225,8 +217,11 @@ class Dashboard:
         url: the page's URL (``http://`` or ``https://``).
     """
 
-    def __init__(self, server: ThreadingHTTPServer, *, host: str, scheme: str) -> None:
+    def __init__(
+        self, server: ThreadingHTTPServer, catalog: RunCatalog, *, host: str, scheme: str
+    ) -> None:
         self._server = server
+        self._catalog = catalog
         self.host = host
         self.port: int = server.server_address[1]
         shown = f"[{host}]" if ":" in host else host
@@ -247,6 +242,7 @@ class Dashboard:
             self._server.shutdown()
             self._thread.join(timeout=10.0)
         self._server.server_close()
+        self._catalog.close()
 
     def __enter__(self) -> Dashboard:
         return self
@@ -267,7 +263,8 @@ def start_dashboard(
     """Serve the dashboard over the store at `store` in a background thread.
 
     Args:
-        store: the store's URL or SQLite path (as `fedloom.store.open_store` takes it).
+        store: a store URL, a SQLite file, a run folder or a folder of run folders
+            (see `fedloom.observe.catalog.open_catalog`).
         host: the address to listen on; any non-loopback address needs `tokens`.
         port: the port (0: any free port; see `Dashboard.port`).
         tokens: the tokens the federation's server accepts; the API then requires one.
@@ -282,6 +279,7 @@ def start_dashboard(
         ConfigError: `host` is not loopback and no tokens were given, or the address
             cannot be bound.
         StoreUnreachable: the store cannot be opened.
+        CorruptState: a store file is damaged.
 
     Example:
         >>> import tempfile, os
@@ -300,20 +298,18 @@ def start_dashboard(
         )
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be in 0..65535, got {port}.", field="port", value=port)
-    url = str(store)
-    open_store(url).close()  # fail now, with the store's message, if it cannot be opened
     static = {
         name: resources.files("fedloom.observe.dashboard").joinpath("static", name).read_bytes()
         for name in ("index.html", "app.js", "app.css")
     }
-    settings = _Settings(
-        open_store=lambda: open_store(url), tokens=tokens, connected=connected, static=static
-    )
+    catalog = open_catalog(store)  # fails now, with the store's message, if it cannot open
+    settings = _Settings(catalog=catalog, tokens=tokens, connected=connected, static=static)
     handler = type("DashboardHandler", (_Handler,), {"settings": settings})
     server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
     try:
         server = server_class((host.strip("[]"), port), handler)
     except OSError as exc:
+        catalog.close()
         raise ConfigError(
             f"the dashboard cannot listen on {host}:{port}: {exc}. Pick another port "
             "(0: any free one) or address.",
@@ -326,7 +322,9 @@ def start_dashboard(
         server.socket = ssl_context.wrap_socket(
             server.socket, server_side=True, do_handshake_on_connect=False
         )
-    return Dashboard(server, host=host.strip("[]"), scheme="https" if ssl_context else "http")
+    return Dashboard(
+        server, catalog, host=host.strip("[]"), scheme="https" if ssl_context else "http"
+    )
 
 
 class _IPv6Server(ThreadingHTTPServer):
