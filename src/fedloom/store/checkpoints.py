@@ -58,19 +58,19 @@ def write_model(folder: str | Path, server_round: int, weights: Weights) -> Mode
 
 
 def write_state(
-    folder: str | Path,
-    server_round: int,
-    optimizer: Mapping[str, Vector],
-    plugins: Mapping[str, Vector],
+    folder: str | Path, server_round: int, groups: Mapping[str, Mapping[str, Vector]]
 ) -> tuple[str, str]:
-    """Write the strategy state (optimizer and plug-in vectors); ``(path, sha256)``.
+    """Write the strategy state, vectors in named groups (``optimizer``, ``plugins``, ...).
 
-    Returns ``("", "")`` when the strategy keeps no state. Vectors of different
-    float dtypes are stored in their common dtype (a lossless widening) and cast
-    back on reading.
+    Returns ``(path, sha256)``, or ``("", "")`` when there is no vector to keep.
+    Vectors of different float dtypes are stored in their common dtype (a lossless
+    widening) and cast back on reading.
     """
-    tensors = {f"optimizer/{k}": np.asarray(v) for k, v in optimizer.items()}
-    tensors.update({f"plugins/{k}": np.asarray(v) for k, v in plugins.items()})
+    tensors = {
+        f"{group}/{name}": np.asarray(vector)
+        for group, vectors in groups.items()
+        for name, vector in vectors.items()
+    }
     if not tensors:
         return "", ""
     dtypes = {name: str(array.dtype) for name, array in tensors.items()}
@@ -115,27 +115,25 @@ def read_model(version: ModelVersion) -> Weights:
         raise CorruptState(str(exc), path=version.path) from exc
 
 
-def read_state(path: str, sha256: str) -> tuple[dict[str, Vector], dict[str, Vector]]:
-    """The (optimizer, plugins) state written by `write_state`, after checking its sha256.
+def read_state(path: str, sha256: str) -> dict[str, dict[str, Vector]]:
+    """The groups of vectors written by `write_state`, after checking the file's sha256.
 
     Raises:
         CorruptState: the file is missing, or its bytes differ from what was recorded.
     """
     if not path:
-        return {}, {}
+        return {}
     data = _checked_bytes(path, sha256, "strategy state file")
     try:
         weights = decode_weights(data, source=f"state file '{path}'")
         dtypes = json.loads(decode_metadata(data).get(_DTYPES_KEY, "{}"))
     except (DecodeError, ValueError) as exc:
         raise CorruptState(str(exc), path=path) from exc
-    optimizer: dict[str, Vector] = {}
-    plugins: dict[str, Vector] = {}
+    groups: dict[str, dict[str, Vector]] = {}
     for name, array in weights.items():
-        vector = np.array(array, dtype=dtypes.get(name, str(array.dtype)))
         group, _, key = name.partition("/")
-        (optimizer if group == "optimizer" else plugins)[key] = vector
-    return optimizer, plugins
+        groups.setdefault(group, {})[key] = np.array(array, dtype=dtypes.get(name, array.dtype))
+    return groups
 
 
 def remove_files(*paths: str) -> None:

@@ -74,6 +74,18 @@ class InProcessChannel:
     def clients(self) -> Sequence[ClientId]:
         return self._ids
 
+    def client_states(self) -> dict[ClientId, dict[str, Vector]]:
+        """What each client's plug-ins keep between tasks (e.g. SCAFFOLD's control variate).
+
+        Virtual clients live in this process, so a checkpoint of a simulation
+        saves this and a resumed one gives it back with `restore_client_states`.
+        """
+        return {client_id: dict(state) for client_id, state in self._states.items()}
+
+    def restore_client_states(self, states: Mapping[ClientId, Mapping[str, Vector]]) -> None:
+        """Replace every client's kept state by `states` (from `client_states`)."""
+        self._states = {client_id: dict(state) for client_id, state in states.items()}
+
     def context(self, client_id: ClientId) -> ClientContext:
         """The context a client is built from."""
         return ClientContext(
