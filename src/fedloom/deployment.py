@@ -15,6 +15,7 @@ from pathlib import Path
 from fedloom.core import Client, Scalar, WeightsLike
 from fedloom.errors import ConnectError
 from fedloom.server import Callback, EvaluateFn, Orchestrator, RunResult
+from fedloom.store.recorder import Recording, run_recorded
 from fedloom.strategies import Strategy, fedavg
 from fedloom.transport.grpc.channel import GrpcChannel
 from fedloom.transport.grpc.client import Backoff, ClientRuntime
@@ -45,6 +46,7 @@ def serve(
     run_dir: str | Path | None = None,
     heartbeat_s: float = 2.0,
     on_ready: Callable[[int], None] | None = None,
+    recording: Recording | None = None,
 ) -> RunResult:
     """Listen on `address`, wait for `min_clients`, and run `rounds` rounds over gRPC.
 
@@ -65,17 +67,26 @@ def serve(
         run_dir: write history.json and weights.safetensors there.
         heartbeat_s: how often clients beat; three missed beats drop a client.
         on_ready: called with the port once the server listens.
+        recording: record every round in a store, or resume the recorded run after
+            its last recorded round (clients that were connected reconnect by themselves).
 
     Raises:
         ConnectError: fewer than `min_clients` joined within `join_timeout_s`.
     """
     fleet = Fleet(max_clients=max_clients, heartbeat_s=heartbeat_s)
+    recorder, resume = (
+        (None, None)
+        if recording is None
+        else recording.begin(roster=lambda: {name: fleet.metadata(name) for name in fleet.names()})
+    )
     running = start_server(fleet, address=address, tls=tls, tokens=tokens)
     try:
         if on_ready is not None:
             on_ready(running.port)
         joined = fleet.wait_for(min_clients, timeout_s=join_timeout_s)
         if len(joined) < min_clients:
+            if recorder is not None:
+                recorder.mark("failed", f"only {len(joined)} of {min_clients} clients joined")
             raise ConnectError(
                 f"only {len(joined)} of the {min_clients} clients needed joined within "
                 f"{join_timeout_s:g} s (port {running.port}). Start more clients, check their "
@@ -90,6 +101,8 @@ def serve(
             from fedloom.store import RunFolder
 
             all_callbacks.append(RunFolder(run_dir))
+        if recorder is not None:
+            all_callbacks.insert(0, recorder)
         orchestrator = Orchestrator(
             GrpcChannel(fleet),
             strategy,
@@ -102,7 +115,9 @@ def serve(
         # hand the weights over without keeping a reference here for the whole run
         start = [initial_weights]
         del initial_weights
-        return orchestrator.run(start.pop())
+        if recorder is None:
+            return orchestrator.run(start.pop())
+        return run_recorded(recorder, lambda: orchestrator.run(start.pop(), resume=resume))
     finally:
         fleet.stop(wait_s=3 * heartbeat_s + 10.0)
         running.stop(grace_s=2.0)

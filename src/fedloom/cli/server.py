@@ -9,7 +9,9 @@ or ``--cert``/``--key``) and tokens (``--tokens FILE`` or ``--secret-file FILE``
 
 It prints ``listening on HOST:PORT`` (flushed) as soon as it listens, a line per
 round, the final metrics and the run folder, which holds the same files as a
-simulation's.
+simulation's. Every round is recorded whole in the store (``store.db`` in the run
+folder, or ``--store URL``); ``--resume RUN`` restarts a killed server after the
+run's last recorded round, and the clients reconnect by themselves.
 """
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ from fedloom.cli._options import (
     read_secret,
     warn_insecure,
 )
-from fedloom.cli._runs import run_folder, summarize
+from fedloom.cli._runs import (
+    add_store_options,
+    open_recording,
+    resumed_folder,
+    run_folder,
+    summarize,
+)
 from fedloom.config import ServerConfig, ServerFederation, SimulationConfig, load_config
-from fedloom.errors import ConfigError, FedloomError
+from fedloom.errors import ConfigError, FedloomError, StoreError
 from fedloom.observe import ProgressBar
 from fedloom.store import RunFolder
 
@@ -76,6 +84,7 @@ def add_parser(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         "--insecure", action="store_true", help="plain text; tokens optional (trusted networks)"
     )
     parser.add_argument("--no-progress", action="store_true", help="print no per-round lines")
+    add_store_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -99,8 +108,25 @@ def run(args: argparse.Namespace) -> int:
     if args.insecure:
         warn_insecure()
     settings = federation.server
-    folder = run_folder(config, args.run_dir)
     record = _record(config, federation, tls=tls is not None, tokens=tokens)
+    try:
+        folder = (
+            resumed_folder(config, args.run_dir, args.resume)
+            if args.resume is not None
+            else run_folder(config, args.run_dir)
+        )
+        recording = open_recording(
+            folder,
+            store_url=args.store,
+            config=record,
+            seed=federation.seed,
+            resume=args.resume is not None,
+        )
+    except (ConfigError, StoreError) as exc:
+        return fail(exc, status=2)
+    if recording.resume:
+        done = recording.store.get_run(recording.run_id).rounds_done
+        print(f"resuming run '{recording.run_id}' after round {done}", flush=True)
     progress = None if args.no_progress else ProgressBar(rounds=federation.rounds)
     host = settings.address.rpartition(":")[0]
 
@@ -129,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             ],
             heartbeat_s=settings.heartbeat_s,
             on_ready=ready,
+            recording=recording,
         )
     except ConfigError as exc:
         return fail(exc, status=2)
@@ -137,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return fail(f"interrupted; the rounds done so far are in {folder}", status=130)
     finally:
+        recording.store.close()
         if progress is not None:
             progress.close()
     summarize(result, folder, federation.keep_best)

@@ -6,6 +6,7 @@ interface; `RunFolder` writes ``history.json`` and ``weights.safetensors``.
 
 from fedloom.store.base import (
     BEST_RULE,
+    STORE_FILE,
     ClientInfo,
     ClientResultInfo,
     ModelVersion,
@@ -33,6 +34,7 @@ __all__ = [
     "RunFolder",
     "RunInfo",
     "RunStatus",
+    "STORE_FILE",
     "Store",
     "mask_url",
     "open_store",

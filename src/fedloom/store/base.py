@@ -35,10 +35,14 @@ __all__ = [
     "RunEvent",
     "RunInfo",
     "RunStatus",
+    "STORE_FILE",
     "Store",
     "mask_url",
     "open_store",
 ]
+
+STORE_FILE = "store.db"
+"""The SQLite store's file name in a run folder (the default store)."""
 
 RunStatus = Literal["running", "finished", "failed", "interrupted"]
 STATUSES: tuple[str, ...] = ("running", "finished", "failed", "interrupted")

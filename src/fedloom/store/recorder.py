@@ -146,6 +146,7 @@ class StoreRecorder(Callback):
         self._roster = roster
         self._started: float | None = None
         self._outcomes: list[ClientOutcome] = []
+        self._ended = False
         self.write_s = 0.0
         """Seconds spent writing the last round's files and transaction."""
 
@@ -213,11 +214,15 @@ class StoreRecorder(Callback):
         self.write_s = time.perf_counter() - began
 
     def on_run_end(self, result: RunResult) -> None:
+        self._ended = True
         self.store.set_status(self.run_id, "finished")
         self.store.add_event(self.run_id, "finished", {"stop_reason": result.stop_reason})
 
     def mark(self, status: RunStatus, reason: str) -> None:
         """Record that the run ended otherwise than by finishing (failed, interrupted)."""
+        if self._ended:
+            return
+        self._ended = True
         self.store.set_status(self.run_id, status)
         self.store.add_event(self.run_id, status, {"reason": reason})
 
