@@ -1,18 +1,19 @@
 """TensorBoard event files for a run: global metrics, each client's metrics, durations, failures.
 
-`TensorBoardLogger` is a `Callback` that writes, with tensorboardX's `SummaryWriter`
-(a dependency of fedloom that needs only numpy and protobuf), into one folder per
-run, so ``tensorboard --logdir runs/`` lists every run. The step of every scalar is
-the server round. Tags:
+`TensorBoardLogger` is a `Callback` that writes with TensorBoard's own event-file
+writer (``tensorboard.summary.writer``, the one ``torch.utils.tensorboard`` uses;
+it needs neither torch nor TensorFlow) into one folder per run, so ``tensorboard
+--logdir runs/`` lists every run. The step of every scalar is the server round. Tags:
 
 - ``<group>/<name>`` for each numeric global metric ``<group>.<name>`` of a round
   (``central/accuracy``, ``evaluate/loss``, ``fit/loss``, ``staleness/mean``);
 - ``round/duration_s``, ``round/num_results`` and ``round/num_failures``;
 - ``client/<client id>/<kind>/<name>`` for each numeric metric a client reported
-  in a fit or evaluate task (PyFed's per-client history), and
-  ``client/<client id>/duration_s``, ``client/<client id>/num_examples``;
-- ``client/<client id>/failed`` (1.0) for each round a client failed, and the
-  reasons as text under ``failures``.
+  in a ``fit`` or ``evaluate`` task (PyFed's per-client history), with
+  ``.../duration_s``, ``.../num_examples`` and, for asynchronous schedules,
+  ``.../staleness``;
+- ``client/<client id>/<kind>/failed`` (1.0) for each round a client's task
+  failed, and the reasons as text under ``failures``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from fedloom.core import Scalar, Weights
-from fedloom.server import Callback, RoundRecord
+from fedloom.server import Callback, ClientOutcome, History, RoundRecord
 
 if TYPE_CHECKING:
     from fedloom.server import RunResult
@@ -77,60 +79,84 @@ class TensorBoardLogger(Callback):
     """
 
     def __init__(self, logdir: str | Path, *, flush_secs: int = 10) -> None:
-        from tensorboardX import SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.plugins.text.summary_v2 import text_pb
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+        self._proto: Any = SimpleNamespace(
+            Event=Event, SessionLog=SessionLog, Summary=Summary, text_pb=text_pb
+        )
+        self._file_writer: Any = EventFileWriter
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self._writer: Any = SummaryWriter(logdir=str(self.logdir), flush_secs=flush_secs)
-        self._closed = False
+        self._flush_secs = flush_secs
+        self._open: Any = None
+        self._purge_step: int | None = None
+
+    def _add(self, summary: Any, step: int) -> None:
+        """Write one summary at `step`, opening the event file at the first one."""
+        proto = self._proto
+        if self._open is None:
+            self._open = self._file_writer(str(self.logdir), flush_secs=self._flush_secs)
+            if self._purge_step is not None:  # hide what a killed run wrote past this step
+                start = proto.SessionLog(status=proto.SessionLog.START)
+                self._open.add_event(
+                    proto.Event(wall_time=time.time(), step=self._purge_step, session_log=start)
+                )
+        self._open.add_event(proto.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def _scalar(self, tag: str, value: float, step: int) -> None:
+        summary = self._proto.Summary
+        self._add(summary(value=[summary.Value(tag=tag, simple_value=float(value))]), step)
+
+    def on_resume(self, history: History, weights_of: Callable[[int], Weights]) -> None:
+        """Hide the events a killed run wrote after its last recorded round.
+
+        TensorBoard drops the events of steps >= the purge step written before it, so a
+        round that ran partly before the crash and again after it is shown once.
+        """
+        last = max((record.server_round for record in history), default=-1)
+        self.close()
+        self._purge_step = last + 1
 
     def on_round_end(self, record: RoundRecord, weights: Weights) -> bool:
-        step, now = record.server_round, time.time()
+        step = record.server_round
         for key, value in record.metrics.items():
             number = _numeric(value)
             if number is not None:
-                self._writer.add_scalar(metric_tag(key), number, step, walltime=now)
+                self._scalar(metric_tag(key), number, step)
         if record.server_round > 0:  # round 0 is the central evaluation of the initial weights
-            self._writer.add_scalar("round/duration_s", record.duration_s, step, walltime=now)
-            self._writer.add_scalar("round/num_results", record.num_results, step, walltime=now)
-            self._writer.add_scalar("round/num_failures", len(record.failures), step, walltime=now)
-        for client_id in record.failures:
-            self._writer.add_scalar(f"client/{_clean(client_id)}/failed", 1.0, step, walltime=now)
+            self._scalar("round/duration_s", record.duration_s, step)
+            self._scalar("round/num_results", record.num_results, step)
+            self._scalar("round/num_failures", len(record.failures), step)
         if record.failures:
             lines = [f"- `{client_id}`: {reason}" for client_id, reason in record.failures.items()]
-            self._writer.add_text("failures", "\n".join(lines), step, walltime=now)
-        self._writer.flush()
+            self._add(self._proto.text_pb("failures", "\n".join(lines)), step)
+        if self._open is not None:
+            self._open.flush()
         return False
 
-    def log_client(
-        self,
-        server_round: int,
-        client_id: str,
-        *,
-        kind: str,
-        metrics: Mapping[str, Scalar],
-        num_examples: int | None = None,
-        duration_s: float | None = None,
-    ) -> None:
-        """Write one client's result of `server_round` (a ``"fit"`` or ``"evaluate"`` task)."""
-        prefix, now = f"client/{_clean(client_id)}", time.time()
-        for key, value in metrics.items():
+    def on_client_result(self, outcome: ClientOutcome) -> None:
+        prefix = f"client/{_clean(outcome.client_id)}"
+        step, kind = outcome.server_round, _clean(outcome.kind)
+        if outcome.failure is not None:
+            self._scalar(f"{prefix}/{kind}/failed", 1.0, step)
+            return
+        for key, value in outcome.metrics.items():
             number = _numeric(value)
             if number is not None:
-                tag = f"{prefix}/{_clean(kind)}/{_clean(key)}"
-                self._writer.add_scalar(tag, number, server_round, walltime=now)
-        if kind == "fit" and duration_s is not None:
-            self._writer.add_scalar(f"{prefix}/duration_s", duration_s, server_round, walltime=now)
-        if kind == "fit" and num_examples is not None:
-            self._writer.add_scalar(
-                f"{prefix}/num_examples", num_examples, server_round, walltime=now
-            )
+                self._scalar(f"{prefix}/{kind}/{_clean(key)}", number, step)
+        self._scalar(f"{prefix}/{kind}/duration_s", outcome.duration_s, step)
+        self._scalar(f"{prefix}/{kind}/num_examples", outcome.num_examples, step)
+        if outcome.staleness is not None:
+            self._scalar(f"{prefix}/{kind}/staleness", outcome.staleness, step)
 
     def on_run_end(self, result: RunResult) -> None:
         self.close()
 
     def close(self) -> None:
         """Flush and close the event file (safe to call more than once)."""
-        if not self._closed:
-            self._writer.close()
-            self._closed = True
+        if self._open is not None:
+            self._open.close()
+            self._open = None
