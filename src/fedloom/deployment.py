@@ -64,7 +64,7 @@ def serve(
         initial_weights: the starting global weights (default: the first client's).
         evaluate_fn: central evaluation ``fn(weights, server_round) -> metrics``.
         callbacks: hooks into the round loop.
-        run_dir: write history.json and weights.safetensors there.
+        run_dir: write history.json, weights.safetensors and TensorBoard event files there.
         heartbeat_s: how often clients beat; three missed beats drop a client.
         on_ready: called with the port once the server listens.
         recording: record every round in a store, or resume the recorded run after
@@ -98,9 +98,10 @@ def serve(
             *callbacks,
         ]
         if run_dir is not None:
+            from fedloom.observe.tensorboard import TensorBoardLogger
             from fedloom.store import RunFolder
 
-            all_callbacks.append(RunFolder(run_dir))
+            all_callbacks.extend([RunFolder(run_dir), TensorBoardLogger(run_dir)])
         if recorder is not None:
             all_callbacks.insert(0, recorder)
         orchestrator = Orchestrator(

@@ -19,9 +19,18 @@ from fedloom.cli._options import SubParsers, fail, read_secret
 from fedloom.errors import ConfigError, FedloomError
 
 if TYPE_CHECKING:
-    from fedloom.observe.dashboard import TokenCheck
+    from fedloom.observe.dashboard import Dashboard, TokenCheck
 
-__all__ = ["DEFAULT_PORT", "add_parser", "run", "ssl_context"]
+__all__ = [
+    "DEFAULT_PORT",
+    "add_parser",
+    "add_security_options",
+    "dashboard_address",
+    "run",
+    "ssl_context",
+    "start_for_server",
+    "tokens_from",
+]
 
 DEFAULT_PORT = 8050
 
@@ -151,3 +160,39 @@ def run(args: argparse.Namespace) -> int:
     finally:
         board.stop()
     return 0
+
+
+def dashboard_address(text: str) -> str:
+    """An argparse type: ``PORT`` or ``HOST:PORT`` for ``fedloom server --dashboard``."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or int(port) > 65535 or (":" in text and not host):
+        raise argparse.ArgumentTypeError(
+            f"expected PORT or HOST:PORT (e.g. 8050 or 127.0.0.1:8050), got {text!r}"
+        )
+    return text
+
+
+def start_for_server(
+    spec: str,
+    *,
+    server_address: str,
+    store: str | Path,
+    tokens: TokenCheck | None,
+    cert: Path | None,
+    key: Path | None,
+) -> Dashboard:
+    """The dashboard ``fedloom server --dashboard [HOST:]PORT`` serves next to its run.
+
+    It listens on HOST (default: the server's host) with the server's tokens, and
+    speaks HTTPS with the server's certificate when the server uses TLS.
+
+    Raises:
+        ConfigError: no tokens while HOST is not loopback, or the port is taken.
+    """
+    from fedloom.observe.dashboard import start_dashboard
+
+    host, _, port = spec.rpartition(":")
+    if not host:
+        host = server_address.rpartition(":")[0].strip("[]") or "127.0.0.1"
+    context = ssl_context(cert, key) if cert is not None and key is not None else None
+    return start_dashboard(store, host=host, port=int(port), tokens=tokens, ssl_context=context)

@@ -37,9 +37,11 @@ from fedloom.cli._runs import (
     run_folder,
     summarize,
 )
+from fedloom.cli.dashboard import dashboard_address, start_for_server
 from fedloom.config import ServerConfig, ServerFederation, SimulationConfig, load_config
 from fedloom.errors import ConfigError, FedloomError, StoreError
 from fedloom.observe import ProgressBar
+from fedloom.observe.tensorboard import TensorBoardLogger
 from fedloom.store import RunFolder
 
 if TYPE_CHECKING:
@@ -85,6 +87,13 @@ def add_parser(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="print no per-round lines")
     add_store_options(parser)
+    parser.add_argument(
+        "--dashboard",
+        type=dashboard_address,
+        metavar="[HOST:]PORT",
+        help="also serve the web dashboard of the run (HOST: the server's by default; off "
+        "loopback it needs the server's tokens and uses its certificate)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -127,6 +136,21 @@ def run(args: argparse.Namespace) -> int:
     if recording.resume:
         done = recording.store.get_run(recording.run_id).rounds_done
         print(f"resuming run '{recording.run_id}' after round {done}", flush=True)
+    board = None
+    if args.dashboard is not None:
+        try:
+            board = start_for_server(
+                args.dashboard,
+                server_address=settings.address,
+                store=args.store if args.store is not None else folder,
+                tokens=tokens,
+                cert=tls.cert if tls is not None else None,
+                key=tls.key if tls is not None else None,
+            )
+        except FedloomError as exc:
+            recording.store.close()
+            return fail(exc, status=2)
+        print(f"dashboard on {board.url}", flush=True)
     progress = None if args.no_progress else ProgressBar(rounds=federation.rounds)
     host = settings.address.rpartition(":")[0]
 
@@ -151,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
             callbacks=[
                 *federation.callbacks,
                 RunFolder(folder, config=record),
+                TensorBoardLogger(folder),
                 *([progress] if progress is not None else []),
             ],
             heartbeat_s=settings.heartbeat_s,
@@ -164,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return fail(f"interrupted; the rounds done so far are in {folder}", status=130)
     finally:
+        if board is not None:
+            board.stop()
         recording.store.close()
         if progress is not None:
             progress.close()

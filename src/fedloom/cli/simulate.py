@@ -30,6 +30,7 @@ from fedloom.cli._runs import (
 from fedloom.config import Federation, SimulationConfig, load_config
 from fedloom.errors import ConfigError, FedloomError, StoreError
 from fedloom.observe import ProgressBar
+from fedloom.observe.tensorboard import TensorBoardLogger
 from fedloom.simulation import simulate
 from fedloom.store import RunFolder
 
@@ -96,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
     if recording.resume:
         done = recording.store.get_run(recording.run_id).rounds_done
         print(f"resuming run '{recording.run_id}' after round {done}", flush=True)
-    callbacks = [*federation.callbacks, RunFolder(folder, config=record)]
+    callbacks = [
+        *federation.callbacks,
+        RunFolder(folder, config=record),
+        TensorBoardLogger(folder),
+    ]
     progress = None if args.no_progress else ProgressBar(rounds=federation.rounds)
     try:
         result = simulate(

@@ -19,6 +19,7 @@ from typing import Literal
 from fedloom.core import Weights
 from fedloom.errors import ConfigError, did_you_mean
 from fedloom.store import (
+    STORE_FILE,
     ClientInfo,
     ClientResultInfo,
     ModelVersion,
@@ -29,10 +30,7 @@ from fedloom.store import (
     open_store,
 )
 
-__all__ = ["STORE_FILE", "RunCatalog", "open_catalog"]
-
-STORE_FILE = "store.db"
-"""The SQLite store's file name in a run folder."""
+__all__ = ["RunCatalog", "open_catalog"]
 
 
 def _discover(location: str | Path) -> Callable[[], list[str]]:

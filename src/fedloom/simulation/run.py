@@ -44,7 +44,8 @@ def simulate(
         initial_weights: the starting global weights (default: client "0"'s).
         evaluate_fn: central evaluation ``fn(weights, server_round) -> metrics``.
         callbacks: hooks into the round loop (stop rules, keep-best, progress).
-        run_dir: write history.json and weights.safetensors there as the run goes.
+        run_dir: write history.json, weights.safetensors and TensorBoard event files there
+            as the run goes.
         recording: record every round in a store (weights, strategy and client
             plug-in state, results), or resume the recorded run: with the same seed
             a resumed run ends bit-identical to an uninterrupted one.
@@ -78,9 +79,10 @@ def simulate(
         _require_plugin_clients(client_fn, channel, strategy)
     all_callbacks = list(callbacks)
     if run_dir is not None:
+        from fedloom.observe.tensorboard import TensorBoardLogger
         from fedloom.store import RunFolder
 
-        all_callbacks.append(RunFolder(run_dir))
+        all_callbacks.extend([RunFolder(run_dir), TensorBoardLogger(run_dir)])
     resume = None
     if recording is not None:
         recorder, resume = recording.begin(client_states=channel)
