@@ -126,6 +126,11 @@ class ClientRuntime:
         options = [
             ("grpc.max_receive_message_length", self._chunk_bytes + (1 << 20)),
             ("grpc.max_send_message_length", self._chunk_bytes + (1 << 20)),
+            # gRPC's own reconnect timer (default up to 120 s) follows the backoff too, so a
+            # restarted server is reached within max_s of coming back
+            ("grpc.initial_reconnect_backoff_ms", int(self._backoff.initial_s * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(self._backoff.initial_s * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(self._backoff.max_s * 1000)),
         ]
         if self._tls is None:
             channel = grpc.insecure_channel(self.address, options=options)
