@@ -19,6 +19,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedloom.observe.dashboard import start_dashboard
 
@@ -168,6 +169,13 @@ def test_dashboard_follows_a_live_run_in_a_browser(
     assert '"name": "fedavg"' in final["config"]
     assert final["error"] == ""
     assert screenshot.stat().st_size > 10_000
+    # the command also wrote TensorBoard event files into the run folder (on by default)
+    events = EventAccumulator(str(live_run / "live"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("fit/loss")] == list(range(1, ROUNDS + 1))
+    assert [event.step for event in events.Scalars("client/2/fit/loss")] == list(
+        range(1, ROUNDS + 1)
+    )
 
 
 def _running_with_rounds(page: dict[str, Any]) -> dict[str, Any] | None:

@@ -65,6 +65,19 @@ def test_tensorboard_logs_global_and_per_client_metrics_of_a_run(tmp_path: Path)
     assert [step for step, _ in scalars["client/0/fit/duration_s"]] == [1, 2, 3]
 
 
+def test_simulate_with_a_run_dir_writes_event_files_there(tmp_path: Path) -> None:
+    simulate(
+        _client_fn,
+        num_clients=3,
+        rounds=2,
+        strategy=fedavg(min_fit=2, fraction_evaluate=0.0),
+        evaluate_fn=_central,
+        run_dir=tmp_path / "run",
+    )
+
+    assert _scalars(tmp_path / "run")["central/x"] == [(0, 0.0), (1, 1.0), (2, 2.0)]
+
+
 def test_tensorboard_records_failure_reasons_as_text(tmp_path: Path) -> None:
     logger = TensorBoardLogger(tmp_path)
 
