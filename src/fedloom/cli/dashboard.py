@@ -25,6 +25,8 @@ __all__ = [
     "DEFAULT_PORT",
     "add_parser",
     "add_security_options",
+    "check_for_server",
+    "dashboard_host",
     "dashboard_address",
     "run",
     "ssl_context",
@@ -191,8 +193,25 @@ def start_for_server(
     """
     from fedloom.observe.dashboard import start_dashboard
 
+    host, port = dashboard_host(spec, server_address)
+    context = ssl_context(cert, key) if cert is not None and key is not None else None
+    return start_dashboard(store, host=host, port=port, tokens=tokens, ssl_context=context)
+
+
+def dashboard_host(spec: str, server_address: str) -> tuple[str, int]:
+    """The host and port of ``--dashboard [HOST:]PORT``; HOST defaults to the server's."""
     host, _, port = spec.rpartition(":")
     if not host:
         host = server_address.rpartition(":")[0].strip("[]") or "127.0.0.1"
-    context = ssl_context(cert, key) if cert is not None and key is not None else None
-    return start_dashboard(store, host=host, port=int(port), tokens=tokens, ssl_context=context)
+    return host, int(port)
+
+
+def check_for_server(spec: str, *, server_address: str, tokens: TokenCheck | None) -> None:
+    """Refuse ``--dashboard`` off loopback without tokens, before anything is written.
+
+    Raises:
+        ConfigError: the dashboard's host is not loopback and the server has no tokens.
+    """
+    from fedloom.observe.dashboard import check_exposure
+
+    check_exposure(dashboard_host(spec, server_address)[0], tokens)

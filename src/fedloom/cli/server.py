@@ -37,7 +37,7 @@ from fedloom.cli._runs import (
     run_folder,
     summarize,
 )
-from fedloom.cli.dashboard import dashboard_address, start_for_server
+from fedloom.cli.dashboard import check_for_server, dashboard_address, start_for_server
 from fedloom.config import ServerConfig, ServerFederation, SimulationConfig, load_config
 from fedloom.errors import ConfigError, FedloomError, StoreError
 from fedloom.observe import ProgressBar
@@ -112,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         config = _with_flags(load_config(args.config, role="server"), args)
         federation = config.build_server()
         tls, tokens = _security(args)
+        if args.dashboard is not None:
+            check_for_server(
+                args.dashboard, server_address=federation.server.address, tokens=tokens
+            )
     except ConfigError as exc:
         return fail(exc, status=2)
     if args.insecure:

@@ -8,12 +8,19 @@ read-only JSON API it polls (`fedloom.observe.dashboard.api`) over a store.
 """
 
 from fedloom.observe.dashboard.api import ApiError, handle, run_progress
-from fedloom.observe.dashboard.server import Dashboard, TokenCheck, is_loopback, start_dashboard
+from fedloom.observe.dashboard.server import (
+    Dashboard,
+    TokenCheck,
+    check_exposure,
+    is_loopback,
+    start_dashboard,
+)
 
 __all__ = [
     "ApiError",
     "Dashboard",
     "TokenCheck",
+    "check_exposure",
     "handle",
     "is_loopback",
     "run_progress",

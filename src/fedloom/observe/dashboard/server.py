@@ -33,7 +33,7 @@ from fedloom.errors import ConfigError, FedloomError
 from fedloom.observe.catalog import RunCatalog, open_catalog
 from fedloom.observe.dashboard.api import ApiError, ConnectedFn, handle
 
-__all__ = ["Dashboard", "TokenCheck", "is_loopback", "start_dashboard"]
+__all__ = ["Dashboard", "TokenCheck", "check_exposure", "is_loopback", "start_dashboard"]
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +251,22 @@ class Dashboard:
         self.stop()
 
 
+def check_exposure(host: str, tokens: TokenCheck | None) -> None:
+    """Refuse to serve run data on a non-loopback `host` without tokens.
+
+    Raises:
+        ConfigError: `host` is not loopback and `tokens` is None.
+    """
+    if tokens is None and not is_loopback(host):
+        raise ConfigError(
+            f"the dashboard would serve run data on {host!r}, which is not a loopback address, "
+            "without credentials. Pass the server's tokens (--tokens FILE or --secret-file "
+            "FILE), or bind it to 127.0.0.1 and reach it through an SSH tunnel.",
+            field="host",
+            value=host,
+        )
+
+
 def start_dashboard(
     store: str | Path,
     *,
@@ -288,14 +304,7 @@ def start_dashboard(
         True
         >>> board.stop()
     """
-    if tokens is None and not is_loopback(host):
-        raise ConfigError(
-            f"the dashboard would serve run data on {host!r}, which is not a loopback address, "
-            "without credentials. Pass the server's tokens (--tokens FILE or --secret-file "
-            "FILE), or bind it to 127.0.0.1 and reach it through an SSH tunnel.",
-            field="host",
-            value=host,
-        )
+    check_exposure(host, tokens)
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be in 0..65535, got {port}.", field="port", value=port)
     static = {
