@@ -20,7 +20,13 @@ T0 = 1_700_000_000.0
 
 
 def record_run(
-    folder: Path, *, run_id: str, name: str, rounds: int, status: str = "finished"
+    folder: Path,
+    *,
+    run_id: str,
+    name: str,
+    rounds: int,
+    status: str = "finished",
+    t0: float = T0,
 ) -> None:
     """A run of `rounds` rounds with clients "a" and "b"; "b" fails round 2.
 
@@ -73,8 +79,8 @@ def record_run(
                 RoundWrite(
                     round=RoundInfo(
                         server_round=r,
-                        started_at=T0 + 10 * r,
-                        ended_at=T0 + 10 * r + 4,
+                        started_at=t0 + 10 * r,
+                        ended_at=t0 + 10 * r + 4,
                         outcome="completed",
                         metrics=metrics,
                         num_results=sum(not x.failure for x in results),
@@ -84,7 +90,7 @@ def record_run(
                     results=tuple(results),
                     clients=tuple(
                         ClientInfo(
-                            client_id=c, metadata={"site": c}, first_seen=T0, last_seen=T0 + 10 * r
+                            client_id=c, metadata={"site": c}, first_seen=t0, last_seen=t0 + 10 * r
                         )
                         for c in ("a", "b")
                     ),

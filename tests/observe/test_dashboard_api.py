@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from fedloom.errors import ConfigError
 from fedloom.observe.dashboard import Dashboard, is_loopback, start_dashboard
 from fedloom.transport.grpc.security import Tokens
-from recorded_runs import make_runs_dir
+from recorded_runs import make_runs_dir, record_run
 
 
 def _get(
@@ -163,6 +164,16 @@ def test_dashboard_serves_a_public_address_with_tokens(runs_dir: Path) -> None:
         connection.close()
 
     assert status == 200
+
+
+def test_api_counts_clients_seen_lately_in_a_running_run_as_connected(tmp_path: Path) -> None:
+    """Rounds last 4 s, so the window is 30 s; the last round (1) saw both clients 10 s ago."""
+    record_run(tmp_path, run_id="now", name="now", rounds=1, status="running", t0=time.time() - 20)
+
+    with start_dashboard(tmp_path) as board:
+        _, clients = _json(board, "/api/runs/now/clients")
+
+    assert [(c["client_id"], c["connected"]) for c in clients] == [("a", True), ("b", True)]
 
 
 def test_is_loopback_knows_loopback_addresses() -> None:

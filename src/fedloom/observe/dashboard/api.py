@@ -37,7 +37,8 @@ ConnectedFn = Callable[[], set[str]]
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+@\-]{0,199}")
 _MAX_ROUND = 10**9
 CONNECTED_WITHIN_S = 30.0
-"""Without a live server, a client seen this recently in a running run counts as connected."""
+"""In a running run, a client seen within this time, or within twice the last round's
+duration if that is longer, counts as connected (the store sees clients once a round)."""
 
 
 class ApiError(Exception):
@@ -207,6 +208,10 @@ def _clients(store: RunCatalog, run_id: str, connected: ConnectedFn | None) -> l
         )
     live = connected() if connected is not None else None
     now = time.time()
+    rounds = [r for r in store.rounds(run_id) if r.server_round > 0]
+    window = max(
+        CONNECTED_WITHIN_S, 2 * (rounds[-1].ended_at - rounds[-1].started_at) if rounds else 0
+    )
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     for client in store.clients(run_id):
@@ -214,7 +219,7 @@ def _clients(store: RunCatalog, run_id: str, connected: ConnectedFn | None) -> l
         if live is not None:
             row["connected"] = client.client_id in live
         else:
-            recent = now - client.last_seen < CONNECTED_WITHIN_S
+            recent = now - client.last_seen < window
             row["connected"] = info.status == "running" and recent
         row.update(tallies.get(client.client_id, _empty_tally()))
         rows.append(row)
