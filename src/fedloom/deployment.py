@@ -47,6 +47,7 @@ def serve(
     heartbeat_s: float = 2.0,
     on_ready: Callable[[int], None] | None = None,
     recording: Recording | None = None,
+    on_connected: Callable[[Callable[[], list[str]]], None] | None = None,
 ) -> RunResult:
     """Listen on `address`, wait for `min_clients`, and run `rounds` rounds over gRPC.
 
@@ -67,6 +68,8 @@ def serve(
         run_dir: write history.json, weights.safetensors and TensorBoard event files there.
         heartbeat_s: how often clients beat; three missed beats drop a client.
         on_ready: called with the port once the server listens.
+        on_connected: called once, before clients join, with a function that returns the
+            names of the clients connected at the time it is called (e.g. for a dashboard).
         recording: record every round in a store, or resume the recorded run after
             its last recorded round (clients that were connected reconnect by themselves).
 
@@ -74,6 +77,8 @@ def serve(
         ConnectError: fewer than `min_clients` joined within `join_timeout_s`.
     """
     fleet = Fleet(max_clients=max_clients, heartbeat_s=heartbeat_s)
+    if on_connected is not None:
+        on_connected(fleet.names)
     recorder, resume = (
         (None, None)
         if recording is None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
             heartbeat_s=settings.heartbeat_s,
             on_ready=ready,
             recording=recording,
+            on_connected=(
+                None if board is None else functools.partial(board.show_connected, recording.run_id)
+            ),
         )
     except ConfigError as exc:
         return fail(exc, status=2)

@@ -22,7 +22,7 @@ import dataclasses
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -31,7 +31,7 @@ from fedloom.observe.catalog import RunCatalog
 
 __all__ = ["ApiError", "ConnectedFn", "handle", "run_progress"]
 
-ConnectedFn = Callable[[], set[str]]
+ConnectedFn = Callable[[], Collection[str]]
 """Returns the names of the clients connected right now (given by a live server)."""
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+@\-]{0,199}")
@@ -50,7 +50,11 @@ class ApiError(Exception):
 
 
 def handle(
-    store: RunCatalog, path: str, query: str, *, connected: ConnectedFn | None = None
+    store: RunCatalog,
+    path: str,
+    query: str,
+    *,
+    connected: Mapping[str, ConnectedFn] | None = None,
 ) -> Any:
     """The JSON document for ``GET path?query``.
 
@@ -58,7 +62,8 @@ def handle(
         store: where runs are read from.
         path: the URL path, percent-encoded as received (e.g. ``/api/runs/r1/rounds``).
         query: the URL query string without ``?``.
-        connected: the live server's connected clients, when the server hosts the dashboard.
+        connected: for the runs a live server is running here (by run id), the names of
+            their connected clients.
 
     Returns:
         A JSON-able value (non-finite floats already replaced by None).
@@ -89,7 +94,7 @@ def handle(
         return _json_safe([dataclasses.asdict(r) for r in store.rounds(run_id)])
     if what == "clients":
         _allow(params, set(), path)
-        return _json_safe(_clients(store, run_id, connected))
+        return _json_safe(_clients(store, run_id, (connected or {}).get(run_id)))
     if what == "client-results":
         _allow(params, {"round"}, path)
         server_round = _round(params["round"]) if "round" in params else None
@@ -206,7 +211,7 @@ def _clients(store: RunCatalog, run_id: str, connected: ConnectedFn | None) -> l
         tally["last_round"] = (
             result.server_round if last is None else max(last, result.server_round)
         )
-    live = connected() if connected is not None else None
+    live = set(connected()) if connected is not None and info.status == "running" else None
     now = time.time()
     rounds = [r for r in store.rounds(run_id) if r.server_round > 0]
     window = max(
@@ -233,6 +238,17 @@ def _clients(store: RunCatalog, run_id: str, connected: ConnectedFn | None) -> l
                 "last_seen": None,
                 "connected": live is not None and client_id in live,
                 **tallies[client_id],
+            }
+        )
+    for client_id in sorted((live or set()) - seen - set(tallies)):  # joined, no round yet
+        rows.append(
+            {
+                "client_id": client_id,
+                "metadata": {},
+                "first_seen": None,
+                "last_seen": None,
+                "connected": True,
+                **_empty_tally(),
             }
         )
     return rows

@@ -76,11 +76,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Settings:
     catalog: RunCatalog
     tokens: TokenCheck | None
-    connected: ConnectedFn | None
+    connected: dict[str, ConnectedFn]
     static: dict[str, bytes]
 
 
@@ -218,10 +218,10 @@ class Dashboard:
     """
 
     def __init__(
-        self, server: ThreadingHTTPServer, catalog: RunCatalog, *, host: str, scheme: str
+        self, server: ThreadingHTTPServer, settings: _Settings, *, host: str, scheme: str
     ) -> None:
         self._server = server
-        self._catalog = catalog
+        self._settings = settings
         self.host = host
         self.port: int = server.server_address[1]
         shown = f"[{host}]" if ":" in host else host
@@ -230,6 +230,14 @@ class Dashboard:
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
         )
         self._thread.start()
+
+    def show_connected(self, run_id: str, names: ConnectedFn) -> None:
+        """Show, for the running run `run_id`, the clients `names()` says are connected.
+
+        A server hosting the dashboard passes its fleet's live clients; without this, a
+        client counts as connected when the store saw it lately.
+        """
+        self._settings.connected[run_id] = names
 
     def wait(self) -> None:
         """Block until the dashboard stops (e.g. until Ctrl-C in the main thread)."""
@@ -242,7 +250,7 @@ class Dashboard:
             self._server.shutdown()
             self._thread.join(timeout=10.0)
         self._server.server_close()
-        self._catalog.close()
+        self._settings.catalog.close()
 
     def __enter__(self) -> Dashboard:
         return self
@@ -274,7 +282,6 @@ def start_dashboard(
     port: int = 0,
     tokens: TokenCheck | None = None,
     ssl_context: ssl.SSLContext | None = None,
-    connected: ConnectedFn | None = None,
 ) -> Dashboard:
     """Serve the dashboard over the store at `store` in a background thread.
 
@@ -285,8 +292,6 @@ def start_dashboard(
         port: the port (0: any free port; see `Dashboard.port`).
         tokens: the tokens the federation's server accepts; the API then requires one.
         ssl_context: serve HTTPS with this server-side context.
-        connected: the names of the clients connected right now (a live server's fleet);
-            without it, a client seen in the last 30 s of a running run counts as connected.
 
     Returns:
         The running `Dashboard`.
@@ -312,7 +317,7 @@ def start_dashboard(
         for name in ("index.html", "app.js", "app.css")
     }
     catalog = open_catalog(store)  # fails now, with the store's message, if it cannot open
-    settings = _Settings(catalog=catalog, tokens=tokens, connected=connected, static=static)
+    settings = _Settings(catalog=catalog, tokens=tokens, connected={}, static=static)
     handler = type("DashboardHandler", (_Handler,), {"settings": settings})
     server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
     try:
@@ -331,9 +336,8 @@ def start_dashboard(
         server.socket = ssl_context.wrap_socket(
             server.socket, server_side=True, do_handshake_on_connect=False
         )
-    return Dashboard(
-        server, catalog, host=host.strip("[]"), scheme="https" if ssl_context else "http"
-    )
+    scheme = "https" if ssl_context is not None else "http"
+    return Dashboard(server, settings, host=host.strip("[]"), scheme=scheme)
 
 
 class _IPv6Server(ThreadingHTTPServer):
