@@ -8,3 +8,6 @@ from pathlib import Path
 _TESTS_DIR = str(Path(__file__).parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
+
+# A throwaway PostgreSQL server for the store tests (session-wide, started on first use).
+from postgres_fixtures import postgres_server, postgres_url  # noqa: E402, F401
