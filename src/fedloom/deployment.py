@@ -80,9 +80,7 @@ def serve(
     if on_connected is not None:
         on_connected(fleet.names)
     recorder, resume = (
-        (None, None)
-        if recording is None
-        else recording.begin(roster=lambda: {name: fleet.metadata(name) for name in fleet.names()})
+        (None, None) if recording is None else recording.begin(roster=lambda: _roster(fleet))
     )
     running = start_server(fleet, address=address, tls=tls, tokens=tokens)
     try:
@@ -127,6 +125,12 @@ def serve(
     finally:
         fleet.stop(wait_s=3 * heartbeat_s + 10.0)
         running.stop(grace_s=2.0)
+
+
+def _roster(fleet: Fleet) -> dict[str, Mapping[str, Scalar]]:
+    """The connected clients and their metadata (one that just left is skipped)."""
+    sessions = {name: fleet.session_of(name) for name in fleet.names()}
+    return {name: session.metadata for name, session in sessions.items() if session is not None}
 
 
 class _AwaitClients(Callback):
