@@ -156,8 +156,12 @@ def test_resume_allows_and_records_harmless_changes(store: Store, tmp_path: Path
     with pytest.raises(KeyboardInterrupt):
         run(store, folder, crash_at=2)
     changed = {**CONFIG, "config": {**CONFIG["config"], "server": {"fit_timeout_s": 5.0}}}
+    partial = folder / "checkpoints" / ".round-000002.safetensors.x1y2.tmp"  # a killed write
+    partial.write_bytes(b"half a checkpoint")
 
     run(store, folder, resume=True, config=changed)
+
+    assert not partial.exists()
 
     events = {e.kind: e.detail for e in store.events("run")}
     assert events["config_changed"] == {
