@@ -22,6 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedloom.observe.dashboard import start_dashboard
+from fedloom.transport.grpc.security import Tokens
 
 pytestmark = pytest.mark.e2e
 
@@ -90,7 +91,7 @@ return {
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing:
@@ -190,4 +191,33 @@ def _advanced(page: dict[str, Any], first: dict[str, Any]) -> dict[str, Any] | N
 
 
 def _finished(page: dict[str, Any]) -> dict[str, Any] | None:
+    return page if page["status"] == "finished" else None
+
+
+def test_dashboard_page_asks_for_the_token_and_takes_it_from_the_url_fragment(
+    browser: Any, runs_dir: Path
+) -> None:
+    token = "dashboard-token-0123456789"
+    with start_dashboard(runs_dir, tokens=Tokens(shared_secret=token)) as board:
+        browser.get(board.url)
+        wait = WebDriverWait(browser, 20, poll_frequency=0.1)
+        asked = wait.until(lambda d: d.execute_script(ASKED))
+        browser.get(f"{board.url}#token={token}&run=run-alpha")
+        shown = wait.until(lambda d: _shown(d.execute_script(READ_PAGE)))
+        fragment = browser.execute_script("return location.hash")
+
+    assert "needs the server's token" in asked
+    assert shown["counter"] == "3"
+    assert shown["fit"] == [1, 2, 3]
+    assert "token" not in fragment  # removed from the address bar once read
+    assert fragment == "#run=run-alpha"
+
+
+ASKED = """
+const form = document.getElementById("token-form");
+return form.hidden ? null : document.getElementById("error").textContent;
+"""
+
+
+def _shown(page: dict[str, Any]) -> dict[str, Any] | None:
     return page if page["status"] == "finished" else None

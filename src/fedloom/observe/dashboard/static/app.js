@@ -310,6 +310,10 @@
       sessionStorage.setItem(TOKEN_KEY, token);
       poll();
     });
+    window.addEventListener("hashchange", () => {  // e.g. a pasted #token=... or #run=...
+      readHash();
+      poll();
+    });
     $("client-metric").addEventListener("change", (event) => {
       clientMetric = event.target.value;
       poll();
