@@ -181,3 +181,15 @@ def test_is_loopback_knows_loopback_addresses() -> None:
         True
     ] * 5
     assert [is_loopback(h) for h in ("0.0.0.0", "10.0.0.1", "::", "example.org", "")] == [False] * 5
+
+
+def test_api_serves_runs_named_with_spaces_and_unicode(tmp_path: Path) -> None:
+    record_run(tmp_path / "näme with space", run_id="näme with space", name="näme", rounds=1)
+
+    with start_dashboard(tmp_path) as board:
+        status, run = _json(board, "/api/runs/n%C3%A4me%20with%20space")
+        by_name, _ = _json(board, "/api/runs/n%C3%A4me/rounds")
+
+    assert status == 200
+    assert run["name"] == "näme"
+    assert by_name == 200

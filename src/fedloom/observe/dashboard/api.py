@@ -34,7 +34,7 @@ __all__ = ["ApiError", "ConnectedFn", "handle", "run_progress"]
 ConnectedFn = Callable[[], Collection[str]]
 """Returns the names of the clients connected right now (given by a live server)."""
 
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+@\-]{0,199}")
+_RUN_ID = re.compile(r"[^\x00-\x1f\x7f/\\]{1,255}")  # a lookup key, never a path
 _MAX_ROUND = 10**9
 CONNECTED_WITHIN_S = 30.0
 """In a running run, a client seen within this time, or within twice the last round's
@@ -138,8 +138,8 @@ def _run_id(text: str) -> str:
     if not _RUN_ID.fullmatch(text):
         raise ApiError(
             400,
-            f"malformed run id {text[:80]!r}; expected 1-200 letters, digits and ._:+@- "
-            "starting with a letter or digit, as /api/runs lists them.",
+            f"malformed run id {text[:80]!r}; expected a run id or name of 1-255 characters "
+            "without slashes or control characters, as /api/runs lists them.",
         )
     return text
 
