@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,16 @@ def test_api_serves_runs_named_with_spaces_and_unicode(tmp_path: Path) -> None:
     assert status == 200
     assert run["name"] == "näme"
     assert by_name == 200
+
+
+def test_dashboard_closes_a_silent_connection(runs_dir: Path) -> None:
+    with start_dashboard(runs_dir, idle_timeout_s=0.3) as board:
+        idle = socket.create_connection((board.host, board.port), timeout=10)
+        try:
+            closed = idle.recv(1)  # blocks until the server gives up on the silent client
+        finally:
+            idle.close()
+        status, _ = _json(board, "/api/runs")  # and it still serves others
+
+    assert closed == b""
+    assert status == 200

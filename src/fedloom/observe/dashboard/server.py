@@ -282,6 +282,7 @@ def start_dashboard(
     port: int = 0,
     tokens: TokenCheck | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    idle_timeout_s: float = 30.0,
 ) -> Dashboard:
     """Serve the dashboard over the store at `store` in a background thread.
 
@@ -292,6 +293,8 @@ def start_dashboard(
         port: the port (0: any free port; see `Dashboard.port`).
         tokens: the tokens the federation's server accepts; the API then requires one.
         ssl_context: serve HTTPS with this server-side context.
+        idle_timeout_s: close a connection silent for this long, so a slow or idle
+            client holds no thread.
 
     Returns:
         The running `Dashboard`.
@@ -318,7 +321,9 @@ def start_dashboard(
     }
     catalog = open_catalog(store)  # fails now, with the store's message, if it cannot open
     settings = _Settings(catalog=catalog, tokens=tokens, connected={}, static=static)
-    handler = type("DashboardHandler", (_Handler,), {"settings": settings})
+    handler = type(
+        "DashboardHandler", (_Handler,), {"settings": settings, "timeout": idle_timeout_s}
+    )
     server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
     try:
         server = server_class((host.strip("[]"), port), handler)
