@@ -27,13 +27,14 @@ def record_run(
     rounds: int,
     status: str = "finished",
     t0: float = T0,
+    store_url: str | None = None,
 ) -> None:
     """A run of `rounds` rounds with clients "a" and "b"; "b" fails round 2.
 
     Round r's weights are ``{"w": [r, r]}``; fit.loss is 1/(r+1); central.loss is 2/(r+1)
     (so the best round, the lowest central.loss, is the last one).
     """
-    with open_store(folder / "store.db") as store:
+    with open_store(store_url if store_url is not None else folder / "store.db") as store:
         store.create_run(
             run_id=run_id,
             name=name,

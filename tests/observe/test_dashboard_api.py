@@ -207,3 +207,16 @@ def test_dashboard_closes_a_silent_connection(runs_dir: Path) -> None:
 
     assert closed == b""
     assert status == 200
+
+
+def test_dashboard_reads_runs_from_a_postgresql_store(postgres_url: str, tmp_path: Path) -> None:
+    """A shared server's database: two runs in one store, read through its URL."""
+    record_run(tmp_path / "one", run_id="pg-one", name="one", rounds=2, store_url=postgres_url)
+    record_run(tmp_path / "two", run_id="pg-two", name="two", rounds=1, store_url=postgres_url)
+
+    with start_dashboard(postgres_url) as board:
+        _, runs = _json(board, "/api/runs")
+        _, rounds = _json(board, "/api/runs/one/rounds")
+
+    assert [(run["run_id"], run["rounds_done"]) for run in runs] == [("pg-one", 2), ("pg-two", 1)]
+    assert [r["server_round"] for r in rounds] == [0, 1, 2]
