@@ -24,11 +24,19 @@ from fedloom.store.base import ModelVersion
 from fedloom.transport.codec import (
     decode_metadata,
     decode_weights,
+    fsync_directory,
     weights_blob_parts,
     write_atomic_parts,
 )
 
-__all__ = ["CHECKPOINT_DIR", "read_model", "read_state", "write_model", "write_state"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "read_model",
+    "read_state",
+    "write_model",
+    "write_round",
+    "write_state",
+]
 
 CHECKPOINT_DIR = "checkpoints"
 _DTYPES_KEY = "dtypes"
@@ -40,25 +48,57 @@ def _round_path(folder: str | Path, server_round: int, suffix: str) -> Path:
     return directory / f"round-{server_round:06d}{suffix}"
 
 
-def _write(path: Path, weights: Weights, metadata: Mapping[str, str]) -> tuple[str, int]:
+def _write(
+    path: Path, weights: Weights, metadata: Mapping[str, str], *, sync: bool
+) -> tuple[str, int]:
     header, data = weights_blob_parts(weights, metadata=metadata)
     digest = hashlib.sha256(header)
     digest.update(data)
-    write_atomic_parts(path, (header, data))
+    write_atomic_parts(path, (header, data), sync_directory=sync)
     return digest.hexdigest(), len(header) + len(data)
 
 
-def write_model(folder: str | Path, server_round: int, weights: Weights) -> ModelVersion:
-    """Write the global weights after `server_round` into ``folder/checkpoints``."""
+def write_round(
+    folder: str | Path,
+    server_round: int,
+    weights: Weights,
+    groups: Mapping[str, Mapping[str, Vector]],
+) -> tuple[ModelVersion, str, str]:
+    """`write_model` and `write_state` for one round, with one folder sync for both.
+
+    Returns:
+        The model version, and the state file's path and sha256 (empty without state).
+    """
+    model = write_model(folder, server_round, weights, sync=False)
+    state_path, state_sha256 = write_state(folder, server_round, groups, sync=False)
+    fsync_directory(Path(folder) / CHECKPOINT_DIR)
+    return model, state_path, state_sha256
+
+
+def write_model(
+    folder: str | Path, server_round: int, weights: Weights, *, sync: bool = True
+) -> ModelVersion:
+    """Write the global weights after `server_round` into ``folder/checkpoints``.
+
+    Args:
+        folder: the run folder.
+        server_round: the round the weights are the result of.
+        weights: the global weights.
+        sync: make the file's name durable now (False: the caller syncs the folder).
+    """
     path = _round_path(folder, server_round, ".safetensors")
-    sha256, num_bytes = _write(path, weights, {"server_round": str(server_round)})
+    sha256, num_bytes = _write(path, weights, {"server_round": str(server_round)}, sync=sync)
     return ModelVersion(
         server_round=server_round, path=str(path.resolve()), sha256=sha256, num_bytes=num_bytes
     )
 
 
 def write_state(
-    folder: str | Path, server_round: int, groups: Mapping[str, Mapping[str, Vector]]
+    folder: str | Path,
+    server_round: int,
+    groups: Mapping[str, Mapping[str, Vector]],
+    *,
+    sync: bool = True,
 ) -> tuple[str, str]:
     """Write the strategy state, vectors in named groups (``optimizer``, ``plugins``, ...).
 
@@ -76,7 +116,7 @@ def write_state(
     dtypes = {name: str(array.dtype) for name, array in tensors.items()}
     path = _round_path(folder, server_round, ".state.safetensors")
     metadata = {"server_round": str(server_round), _DTYPES_KEY: json.dumps(dtypes)}
-    sha256, _ = _write(path, Weights(tensors), metadata)
+    sha256, _ = _write(path, Weights(tensors), metadata, sync=sync)
     return str(path.resolve()), sha256
 
 

@@ -39,8 +39,7 @@ from fedloom.store.checkpoints import (
     CHECKPOINT_DIR,
     read_model,
     read_state,
-    write_model,
-    write_state,
+    write_round,
 )
 from fedloom.strategies import StrategyState
 
@@ -162,7 +161,6 @@ class StoreRecorder(Callback):
         server_round = record.server_round
         ended = time.time()
         started = self._started if self._started is not None and server_round else ended
-        model = write_model(self.folder, server_round, state.weights)
         groups: dict[str, Mapping[str, Vector]] = {
             "optimizer": state.optimizer,
             "plugins": state.plugins,
@@ -173,7 +171,9 @@ class StoreRecorder(Callback):
                 for client_id, kept in self._client_states.client_states().items()
                 for key, vector in kept.items()
             }
-        state_path, state_sha256 = write_state(self.folder, server_round, groups)
+        model, state_path, state_sha256 = write_round(
+            self.folder, server_round, state.weights, groups
+        )
         results = tuple(
             ClientResultInfo(
                 server_round=server_round,

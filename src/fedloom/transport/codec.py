@@ -34,6 +34,7 @@ __all__ = [
     "decode_metadata",
     "decode_weights",
     "encode_weights",
+    "fsync_directory",
     "load_weights",
     "save_weights",
     "weights_blob_parts",
@@ -255,8 +256,17 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     write_atomic_parts(path, (data,))
 
 
-def write_atomic_parts(path: str | os.PathLike[str], parts: Iterable[bytes | memoryview]) -> None:
-    """`write_atomic` for data given in parts (e.g. `weights_blob_parts`), without joining them."""
+def write_atomic_parts(
+    path: str | os.PathLike[str],
+    parts: Iterable[bytes | memoryview],
+    *,
+    sync_directory: bool = True,
+) -> None:
+    """`write_atomic` for data given in parts (e.g. `weights_blob_parts`), without joining them.
+
+    With ``sync_directory=False`` the rename is not yet durable: the caller writes
+    several files and then calls `fsync_directory` once for all of them.
+    """
     target = os.path.abspath(os.fspath(path))
     directory, name = os.path.split(target)
     try:
@@ -276,7 +286,13 @@ def write_atomic_parts(path: str | os.PathLike[str], parts: Iterable[bytes | mem
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    _fsync_directory(directory)
+    if sync_directory:
+        _fsync_directory(directory)
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make the renames into folder `path` durable (where the platform can sync a folder)."""
+    _fsync_directory(os.fspath(path))
 
 
 def save_weights(
