@@ -5,8 +5,8 @@ at that point the server prints ``FEDLOOM-FAULT-POINT phase round`` and pauses
 `PAUSE_S`; the test SIGKILLs it at a random moment inside the pause, checks that
 the store has exactly the rounds before it, and starts it again with
 ``--resume``, killing it at the next round, and so on; the last start runs to the
-end. The phases: broadcast (tasks configured and handed to the channel),
-collection (the first result is in), aggregation (every result is in, the new
+end. The phases: broadcast (the round's fit tasks are handed out: over gRPC they
+are queued and the clients download them during the pause), collection (the first result is in), aggregation (every result is in, the new
 weights are being computed) and checkpoint (the round's files are written, the
 transaction is not committed).
 

@@ -224,7 +224,6 @@ class Orchestrator:
                 cid: replace(ins, config=self._seeded(ins.config, cid, (server_round,)))
                 for cid, ins in tasks.items()
             }
-            fault_point("broadcast", server_round)
             self._dispatched = time.perf_counter()
             replies = self._channel.run(tasks, timeout_s=self._fit_timeout_s)
             results = self._checked_fits(server_round, state.weights, replies, failures)

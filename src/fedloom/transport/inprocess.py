@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from fedloom._faults import broadcast_point
 from fedloom.core import (
     ClientContext,
     ClientId,
@@ -100,6 +101,7 @@ class InProcessChannel:
     def run(
         self, tasks: Mapping[ClientId, Task], *, timeout_s: float | None
     ) -> Iterator[tuple[ClientId, Reply]]:
+        broadcast_point(tasks)  # a test hook: no-op unless FEDLOOM_FAULT_AT is set
         for client_id, task in tasks.items():
             yield client_id, self._run_one(client_id, task)
 
