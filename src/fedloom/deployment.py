@@ -22,7 +22,7 @@ from fedloom.transport.grpc.fleet import Fleet
 from fedloom.transport.grpc.security import TlsConfig, Tokens
 from fedloom.transport.grpc.service import start_server
 
-__all__ = ["connect", "serve"]
+__all__ = ["connect", "connect_package", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def serve(
     run_dir: str | Path | None = None,
     heartbeat_s: float = 2.0,
     on_ready: Callable[[int], None] | None = None,
+    package: str | Path | None = None,
 ) -> RunResult:
     """Listen on `address`, wait for `min_clients`, and run `rounds` rounds over gRPC.
 
@@ -65,12 +66,23 @@ def serve(
         run_dir: write history.json and weights.safetensors there.
         heartbeat_s: how often clients beat; three missed beats drop a client.
         on_ready: called with the port once the server listens.
+        package: a compute package (``fedloom package build``) handed to clients that
+            ask for one (`connect_package`); it is checked before the server starts.
 
     Raises:
         ConnectError: fewer than `min_clients` joined within `join_timeout_s`.
+        PackageError: `package` is not a valid compute package.
     """
+    offer = None
+    if package is not None:
+        from fedloom.package import check_package
+        from fedloom.transport.grpc.distribution import PackageOffer
+
+        offer = PackageOffer.from_file(package)
+        check_package(package, sha256=offer.sha256)
+        logger.info("handing out package %s (sha256 %s)", offer.filename, offer.sha256)
     fleet = Fleet(max_clients=max_clients, heartbeat_s=heartbeat_s)
-    running = start_server(fleet, address=address, tls=tls, tokens=tokens)
+    running = start_server(fleet, address=address, tls=tls, tokens=tokens, package=offer)
     try:
         if on_ready is not None:
             on_ready(running.port)

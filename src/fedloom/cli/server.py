@@ -76,6 +76,12 @@ def add_parser(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         "--insecure", action="store_true", help="plain text; tokens optional (trusted networks)"
     )
     parser.add_argument("--no-progress", action="store_true", help="print no per-round lines")
+    parser.add_argument(
+        "--package",
+        type=Path,
+        metavar="FILE.tar.gz",
+        help="hand this compute package (`fedloom package build`) to clients that ask for it",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -129,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
             ],
             heartbeat_s=settings.heartbeat_s,
             on_ready=ready,
+            package=args.package,
         )
-    except ConfigError as exc:
+    except (ConfigError, PackageError) as exc:
         return fail(exc, status=2)
     except FedloomError as exc:
         return fail(f"{exc}\nthe rounds done so far are in {folder}", status=1)
