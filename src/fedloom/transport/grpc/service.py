@@ -76,6 +76,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     def Join(  # noqa: N802 - the RPC's name
         self, request: fleet_pb2.JoinRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.JoinReply:
+        self._fleet.count_received(request.ByteSize())
         if self._tokens is not None:
             owner = caller_identity(context, self._tokens)
             if owner not in ("*", request.name):
@@ -108,16 +109,19 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     def Beat(  # noqa: N802
         self, request: fleet_pb2.BeatRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.BeatReply:
+        self._fleet.count_received(request.ByteSize())
         return fleet_pb2.BeatReply(known=self._fleet.touch(request.session) is not None)
 
     def Leave(  # noqa: N802
         self, request: fleet_pb2.BeatRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.BeatReply:
+        self._fleet.count_received(request.ByteSize())
         return fleet_pb2.BeatReply(known=self._fleet.leave(request.session))
 
     def Pull(  # noqa: N802
         self, request: fleet_pb2.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[fleet_pb2.Frame]:
+        self._fleet.count_received(request.ByteSize())
         session = self._fleet.touch(request.session)
         if session is None:
             _abort(
@@ -142,6 +146,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     def Push(  # noqa: N802
         self, request_iterator: Iterator[fleet_pb2.Frame], context: grpc.ServicerContext
     ) -> fleet_pb2.PushReply:
+        request_iterator = _counted(request_iterator, self._fleet)
         try:
             header, frames = peek_header(request_iterator)
         except FedloomError as exc:
@@ -192,6 +197,13 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     def _refuse(self, context: grpc.ServicerContext, reason: str) -> fleet_pb2.PushReply:
         logger.warning("refused a result from %s: %s", context.peer(), reason)
         return fleet_pb2.PushReply(accepted=False, reason=reason)
+
+
+def _counted(frames: Iterator[fleet_pb2.Frame], fleet: Fleet) -> Iterator[fleet_pb2.Frame]:
+    """`frames`, each one's size added to the fleet's received bytes as it arrives."""
+    for frame in frames:
+        fleet.count_received(frame.ByteSize())
+        yield frame
 
 
 def _touching(
