@@ -30,7 +30,7 @@ from fedloom.cli._options import (
 )
 from fedloom.cli._runs import run_folder, summarize
 from fedloom.config import ServerConfig, ServerFederation, SimulationConfig, load_config
-from fedloom.errors import ConfigError, FedloomError
+from fedloom.errors import ConfigError, FedloomError, PackageError
 from fedloom.observe import ProgressBar
 from fedloom.store import RunFolder
 
