@@ -163,8 +163,12 @@ def connect(
     metadata: Mapping[str, Scalar] | None = None,
     backoff: Backoff | None = None,
     stop: threading.Event | None = None,
+    hooks: Sequence[object] = (),
 ) -> int:
     """Serve `client`'s tasks for the server at `address` until the run ends.
+
+    `hooks` run at each step of the client's cycle (`fedloom.core.hooks`:
+    `ClientHooks`, `StopAtVersion`, or any object with methods named after the steps).
 
     Returns:
         How many tasks the client ran.
@@ -180,6 +184,7 @@ def connect(
         tls=tls,
         metadata=metadata,
         backoff=backoff,
+        hooks=hooks,
     )
     return runtime.run(stop)
 
@@ -200,6 +205,7 @@ def connect_package(
     metadata: Mapping[str, Scalar] | None = None,
     backoff: Backoff | None = None,
     stop: threading.Event | None = None,
+    hooks: Sequence[object] = (),
 ) -> int:
     """Fetch the server's compute package, check and unpack it, and serve its tasks.
 
@@ -218,7 +224,7 @@ def connect_package(
         data: what the commands' ``{data}`` placeholder stands for.
         limits: package sizes accepted.
         train_timeout_s: the most a ``train`` run may take; validate_timeout_s likewise.
-        metadata, backoff, stop: as for `connect`.
+        metadata, backoff, stop, hooks: as for `connect`.
 
     Returns:
         How many tasks the client ran.
@@ -277,4 +283,5 @@ def connect_package(
         metadata=metadata,
         backoff=backoff,
         stop=stop,
+        hooks=hooks,
     )
