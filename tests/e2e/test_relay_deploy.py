@@ -1,16 +1,19 @@
-"""A tree of relays over gRPC on loopback: ``fedloom server``, two ``fedloom relay`` and six
-``fedloom client`` processes give the weights of the flat six-client simulation."""
+"""Trees of relays over gRPC on loopback, every node a real ``fedloom`` process: a tree
+gives the weights of the flat simulation, and a relay killed mid-round fails only its
+own subtree's contribution."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,7 +59,11 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def start(
-    processes: list[subprocess.Popen[str]], folder: Path, log: str, *args: str | Path
+    processes: list[subprocess.Popen[str]],
+    folder: Path,
+    log: str,
+    *args: str | Path,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], Path]:
     """``fedloom ARGS`` in `folder`, its stdout and stderr in ``LOG.out``; the process, the log."""
     out = folder / f"{log}.out"
@@ -68,6 +75,7 @@ def start(
             stdin=subprocess.DEVNULL,
             text=True,
             cwd=folder,
+            env={**os.environ, **(env or {})},
         )
     processes.append(process)
     return process, out
@@ -85,14 +93,32 @@ def listening(out: Path, process: subprocess.Popen[str], *, timeout_s: float = 6
     raise AssertionError(f"no 'listening on' line in {out} within {timeout_s:g} s")
 
 
-def flat_simulation() -> fedloom.RunResult:
+def flat_simulation(num_clients: int = 6) -> fedloom.RunResult:
+    """The flat run of clients "0" .. with the config's strategy and seed, in this process."""
     spec = importlib.util.spec_from_file_location("relay_task_flat", TASK)
     assert spec is not None
     assert spec.loader is not None
     task = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(task)
     strategy = fedloom.fedavg(config={"local_epochs": 2})
-    return fedloom.simulate(task.client_fn, num_clients=6, rounds=3, strategy=strategy, seed=7)
+    return fedloom.simulate(
+        task.client_fn, num_clients=num_clients, rounds=3, strategy=strategy, seed=7
+    )
+
+
+def setup_run(folder: Path, processes: list[subprocess.Popen[str]]) -> tuple[Path, Any, str]:
+    """The task and config in `folder`, and a server waiting for 2 relays; its address."""
+    shutil.copy(TASK, folder / "relay_task.py")
+    config = folder / "tree.toml"
+    config.write_text(CONFIG)
+    server = start(
+        processes,
+        folder,
+        "server",
+        *("server", config, "--address", "127.0.0.1:0", "--min-clients", "2", "--insecure"),
+        *("--run-dir", folder / "runs", "--no-progress"),
+    )
+    return config, server, listening(server[1], server[0])
 
 
 @pytest.mark.timeout(300)
@@ -100,17 +126,7 @@ def test_relay_tree_over_grpc_equals_flat_simulation(
     tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     """1 server, 2 relays x 3 clients, all real processes: the flat run's weights to 1e-6."""
-    shutil.copy(TASK, tmp_path / "relay_task.py")
-    config = tmp_path / "tree.toml"
-    config.write_text(CONFIG)
-    server, server_out = start(
-        processes,
-        tmp_path,
-        "server",
-        *("server", config, "--address", "127.0.0.1:0", "--min-clients", "2", "--insecure"),
-        *("--run-dir", tmp_path / "runs", "--no-progress"),
-    )
-    upstream = listening(server_out, server)
+    config, (server, server_out), upstream = setup_run(tmp_path, processes)
     leaves: list[tuple[subprocess.Popen[str], Path]] = []
     relays: list[tuple[subprocess.Popen[str], Path]] = []
     for index, relay_name in enumerate(("relay-a", "relay-b")):
@@ -151,3 +167,52 @@ def test_relay_tree_over_grpc_equals_flat_simulation(
         assert record["failures"] == {}
         assert record["metrics"]["evaluate.loss"] == pytest.approx(flat.metrics["evaluate.loss"])
         assert record["metrics"]["fit.loss"] == pytest.approx(flat.metrics["fit.loss"])
+
+
+@pytest.mark.timeout(240)
+def test_relay_killed_mid_round_fails_only_its_subtree(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """relay-b is SIGKILLed while its client trains: round 1 goes on with relay-a alone."""
+    config, (server, server_out), upstream = setup_run(tmp_path, processes)
+    stalled = tmp_path / "stalled"
+    relays = {}
+    for relay_name, partition in (("relay-a", 0), ("relay-b", 1)):
+        relays[relay_name] = start(
+            processes,
+            tmp_path,
+            relay_name,
+            *("relay", config, "--upstream", upstream, "--name", relay_name, "--insecure"),
+            *("--address", "127.0.0.1:0", "--min-clients", "1", "--heartbeat-s", "1"),
+        )
+        address = listening(relays[relay_name][1], relays[relay_name][0])
+        leaf = start(
+            processes,
+            tmp_path,
+            f"client-{partition}",
+            *("client", config, "--server", address, "--name", str(partition)),
+            *("--partition-id", str(partition), "--num-partitions", "2", "--insecure"),
+            env={"RELAY_TASK_STALL": str(stalled)} if relay_name == "relay-b" else None,
+        )
+        if relay_name == "relay-a":
+            survivor = leaf
+    deadline = time.monotonic() + 120
+    while not stalled.exists():  # relay-b's client is in round 1's fit
+        assert time.monotonic() < deadline, relays["relay-b"][1].read_text()
+        assert server.poll() is None, server_out.read_text()
+        time.sleep(0.1)
+
+    relays["relay-b"][0].kill()
+    status = server.wait(timeout=120)
+
+    assert status == 0, server_out.read_text()
+    history = json.loads((tmp_path / "runs" / "tree" / "history.json").read_text())["rounds"]
+    assert [record["num_results"] for record in history] == [1, 1, 1]
+    assert list(history[0]["failures"]) == ["relay-b"]
+    assert "stopped beating" in history[0]["failures"]["relay-b"]
+    assert history[1]["failures"] == history[2]["failures"] == {}
+    weights = load_weights(tmp_path / "runs" / "tree" / "weights.safetensors")
+    only_a = flat_simulation(num_clients=1)  # client "0", the one under relay-a
+    np.testing.assert_allclose(weights["w"], only_a.weights["w"], rtol=0, atol=1e-6)
+    assert relays["relay-a"][0].wait(timeout=60) == 0, relays["relay-a"][1].read_text()
+    assert survivor[0].wait(timeout=60) == 0, survivor[1].read_text()

@@ -3,10 +3,17 @@
 Client ``i`` holds ``20 + 5 i`` samples, so FedAvg's weighting by num_examples matters,
 and shuffles its minibatches with ``config["seed"]``, so a client that got another seed
 (one derived from its relay's name, say) would train differently. The config and the
-test both import it; nothing here reads the network or the disk.
+test both import it.
+
+A client started with ``RELAY_TASK_STALL=PATH`` in its environment creates PATH when
+its first fit starts and then stalls for 120 s, so a test can kill its relay mid-round.
 """
 
 from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +31,10 @@ def client_fn(context: ClientContext) -> FunctionClient:
     target = features @ np.linspace(-1, 1, DIM) + 0.3 * partition
 
     def fit(weights: Weights, config: Config) -> tuple[WeightsLike, int, Metrics]:
+        stall = os.environ.get("RELAY_TASK_STALL")
+        if stall:
+            Path(stall).touch()
+            time.sleep(120)
         w = np.array(weights["w"], dtype=np.float64)
         order = np.random.default_rng(int(config["seed"])).permutation(size)
         for _ in range(int(config.get("local_epochs", 1))):
