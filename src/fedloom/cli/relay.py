@@ -5,7 +5,9 @@ A relay (FEDn's combiner) listens for clients like ``fedloom server``, waits for
 it runs the round on its own clients and sends back their mean weights with
 their total number of examples, so a tree of relays gives the FedAvg of the
 flat federation. It reads ``[run].seed`` from CONFIG.toml (the server's file),
-so its clients get the seeds they would get from the server directly.
+so its clients get the seeds they would get from the server directly, and
+``[server].fit_timeout_s`` as the deadline of its own rounds (a client that hangs
+cannot hold the relay past the round its upstream server has given up on).
 
 Security is on by default on both sides: towards its clients it needs what
 ``fedloom server`` needs (``--certs DIR`` or ``--cert``/``--key``, and ``--tokens``
@@ -29,7 +31,7 @@ from fedloom.cli._options import (
     read_secret,
     warn_insecure,
 )
-from fedloom.config import load_config
+from fedloom.config import ServerConfig, load_config
 from fedloom.errors import ConfigError, ConnectError
 
 if TYPE_CHECKING:
@@ -67,7 +69,10 @@ def add_parser(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--seed", type=int, metavar="S", help="overrides [run].seed (default 0)")
     parser.add_argument(
-        "--fit-timeout-s", type=float, metavar="S", help="downstream round deadline (default none)"
+        "--fit-timeout-s",
+        type=float,
+        metavar="S",
+        help="downstream round deadline (default: the config's [server].fit_timeout_s, 600)",
     )
     parser.add_argument(
         "--join-timeout-s", type=float, default=300.0, metavar="S", help="wait for --min-clients"
@@ -108,9 +113,12 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:  # no grpc extra: the message names it
         return fail(exc, status=2)
     try:
-        seed = args.seed
-        if seed is None:
-            seed = 0 if args.config is None else load_config(args.config, role="server").run.seed
+        config = None if args.config is None else load_config(args.config, role="server")
+        seed = args.seed if args.seed is not None else (config.run.seed if config else 0)
+        fit_timeout_s = args.fit_timeout_s
+        if fit_timeout_s is None:  # the upstream deadline: past it the round is lost anyway
+            server = config.server if config is not None else None
+            fit_timeout_s = (server or ServerConfig()).fit_timeout_s
         tls, tokens = server_command._security(args)
         upstream_tls = _upstream_tls(args)
         upstream_token = _upstream_token(args)
@@ -133,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             min_clients=args.min_clients,
             max_clients=args.max_clients,
             join_timeout_s=args.join_timeout_s,
-            fit_timeout_s=args.fit_timeout_s,
+            fit_timeout_s=fit_timeout_s,
             min_fit=args.min_fit,
             tls=tls,
             tokens=tokens,
