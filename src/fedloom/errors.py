@@ -12,6 +12,8 @@
     │   ├── ConnectError
     │   └── DeadlineExceeded
     ├── ClientError                   user client code raised during a task
+    │   └── EntryPointError           a compute package's entry point failed
+    ├── PackageError                  a compute package is malformed, unsafe or untrusted
     ├── AggregationError              results could not be combined
     │   └── NotEnoughResults
     ├── PrivacyError
@@ -38,9 +40,11 @@ __all__ = [
     "CorruptState",
     "DeadlineExceeded",
     "DecodeError",
+    "EntryPointError",
     "FedloomError",
     "InvalidResult",
     "NotEnoughResults",
+    "PackageError",
     "PrivacyError",
     "ProtocolError",
     "ShapeMismatch",
@@ -119,6 +123,34 @@ class ClientError(FedloomError):
     def __init__(self, message: str, *, client_id: str | None = None) -> None:
         super().__init__(message)
         self.client_id = client_id
+
+
+class EntryPointError(ClientError):
+    """A compute package's entry point exited non-zero, was killed, or timed out.
+
+    Attributes:
+        entry_point: "train", "validate", "startup" or "init".
+        returncode: the exit status; negative for a signal; None after a timeout.
+        output_tail: the last lines the command printed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        entry_point: str,
+        returncode: int | None,
+        output_tail: str,
+        client_id: str | None = None,
+    ) -> None:
+        super().__init__(message, client_id=client_id)
+        self.entry_point = entry_point
+        self.returncode = returncode
+        self.output_tail = output_tail
+
+
+class PackageError(FedloomError):
+    """A compute package is malformed, unsafe (paths, links, size) or untrusted (digest, signer)."""
 
 
 class AggregationError(FedloomError):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fedloom import __version__
-from fedloom.cli import certs, client, dashboard, launch, runs, server, simulate
+from fedloom.cli import certs, client, dashboard, launch, package, relay, runs, server, simulate
 
 __all__ = ["build_parser", "main"]
 
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_parser(subparsers)
     runs.add_parser(subparsers)
     dashboard.add_parser(subparsers)
+    package.add_parser(subparsers)
+    relay.add_parser(subparsers)
     return parser
 
 

@@ -40,7 +40,7 @@ from fedloom.cli._runs import (
 )
 from fedloom.cli.dashboard import check_for_server, dashboard_address, start_for_server
 from fedloom.config import ServerConfig, ServerFederation, SimulationConfig, load_config
-from fedloom.errors import ConfigError, FedloomError, StoreError
+from fedloom.errors import ConfigError, FedloomError, PackageError, StoreError
 from fedloom.observe import ProgressBar
 from fedloom.observe.tensorboard import TensorBoardLogger
 from fedloom.store import RunFolder
@@ -94,6 +94,12 @@ def add_parser(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         metavar="[HOST:]PORT",
         help="also serve the web dashboard of the run (HOST: the server's by default; off "
         "loopback it needs the server's tokens and uses its certificate)",
+    )
+    parser.add_argument(
+        "--package",
+        type=Path,
+        metavar="FILE.tar.gz",
+        help="hand this compute package (`fedloom package build`) to clients that ask for it",
     )
     parser.set_defaults(handler=run)
 
@@ -189,8 +195,9 @@ def run(args: argparse.Namespace) -> int:
             on_connected=(
                 None if board is None else functools.partial(board.show_connected, recording.run_id)
             ),
+            package=args.package,
         )
-    except ConfigError as exc:
+    except (ConfigError, PackageError) as exc:
         return fail(exc, status=2)
     except FedloomError as exc:
         return fail(f"{exc}\nthe rounds done so far are in {folder}", status=1)

@@ -1,5 +1,8 @@
 """``fedloom simulate CONFIG.toml``: run a whole federation in this process from a TOML config.
 
+A ``[topology]`` of kind star or tree runs through relays (`simulate_tree`); a
+gossip graph has no server and runs from Python (`simulate_gossip`).
+
 The config is loaded and every object built before anything is written, so a
 bad config exits with status 2 and creates no run folder. The run folder
 (``[run].dir``/``[run].name``, or ``--run-dir``) gets ``config.json``,
@@ -32,6 +35,7 @@ from fedloom.errors import ConfigError, FedloomError, StoreError
 from fedloom.observe import ProgressBar
 from fedloom.observe.tensorboard import TensorBoardLogger
 from fedloom.simulation import simulate
+from fedloom.simulation.topology import simulate_tree
 from fedloom.store import RunFolder
 
 __all__ = ["add_parser", "run"]
@@ -76,6 +80,14 @@ def run(args: argparse.Namespace) -> int:
         if args.rounds is not None:
             config = replace(config, run=replace(config.run, rounds=args.rounds))
         federation = config.build()
+        if federation.topology is not None and federation.topology.kind == "gossip":
+            raise ConfigError(
+                f"[topology].kind in {config.path}: fedloom simulate runs star and tree "
+                "topologies; a gossip graph has no server whose rounds it could record. Run "
+                "it with fedloom.simulation.topology.simulate_gossip(client_fn, topology=...).",
+                field="[topology].kind",
+                value="gossip",
+            )
     except ConfigError as exc:
         return _fail(exc, status=2)
     record = _record(config, federation)
@@ -104,18 +116,32 @@ def run(args: argparse.Namespace) -> int:
     ]
     progress = None if args.no_progress else ProgressBar(rounds=federation.rounds)
     try:
-        result = simulate(
-            federation.client_fn,
-            num_clients=federation.num_clients,
-            rounds=federation.rounds,
-            strategy=federation.strategy,
-            seed=federation.seed,
-            partitioner=federation.partitioner,
-            initial_weights=federation.initial_weights,
-            evaluate_fn=federation.evaluate_fn,
-            callbacks=[*callbacks, *([progress] if progress is not None else [])],
-            recording=recording,
-        )
+        if federation.topology is None:
+            result = simulate(
+                federation.client_fn,
+                num_clients=federation.num_clients,
+                rounds=federation.rounds,
+                strategy=federation.strategy,
+                seed=federation.seed,
+                partitioner=federation.partitioner,
+                initial_weights=federation.initial_weights,
+                evaluate_fn=federation.evaluate_fn,
+                callbacks=[*callbacks, *([progress] if progress is not None else [])],
+                recording=recording,
+            )
+        else:
+            result = simulate_tree(
+                federation.client_fn,
+                topology=federation.topology,
+                rounds=federation.rounds,
+                strategy=federation.strategy,
+                seed=federation.seed,
+                partitioner=federation.partitioner,
+                initial_weights=federation.initial_weights,
+                evaluate_fn=federation.evaluate_fn,
+                callbacks=[*callbacks, *([progress] if progress is not None else [])],
+                recording=recording,
+            )
     except ConfigError as exc:
         return _fail(exc, status=2, folder=folder)
     except FedloomError as exc:

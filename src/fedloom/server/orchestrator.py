@@ -176,6 +176,32 @@ class Orchestrator:
             callback.on_run_end(result)
         return result
 
+    def run_round(self, server_round: int, weights: WeightsLike) -> tuple[Weights, RoundRecord]:
+        """Run round `server_round` alone, from `weights`: a relay does this for each task.
+
+        The round is the same as in `run` (sampling, client seeds and config all
+        derive from the run seed and `server_round`), with a fresh strategy state.
+
+        Returns:
+            The new global weights and the round's record.
+
+        Raises:
+            NotEnoughResults: fewer than ``min_fit`` usable results arrived.
+        """
+        state = self._strategy.init(_as_weights(weights))
+        state, record = self._round(server_round, state)
+        return state.weights, record
+
+    def evaluate_round(self, server_round: int, weights: WeightsLike) -> dict[str, Scalar]:
+        """Federated evaluation of `weights` alone, as after round `server_round`.
+
+        Returns:
+            The example-weighted metrics, keyed ``"evaluate.<name>"`` (empty if no
+            client was sampled or none answered).
+        """
+        state = self._strategy.init(_as_weights(weights))
+        return self._evaluate(server_round, state, self._channel.clients())
+
     def _record(self, history: History, record: RoundRecord, weights: Weights) -> str:
         """Append `record`, tell the callbacks, and return why the run stops ("" to go on).
 

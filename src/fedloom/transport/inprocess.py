@@ -27,6 +27,7 @@ from fedloom.core import (
 )
 from fedloom.core.dispatch import run_task
 from fedloom.core.protocols import Client
+from fedloom.errors import ConfigError
 
 __all__ = ["ClientFn", "InProcessChannel"]
 
@@ -50,6 +51,7 @@ class InProcessChannel:
         seed: the run seed, passed to every context.
         partitioner: how the data is split, passed to every context.
         latency: virtual seconds a client takes per task (default 1 for all).
+        client_ids: the clients' names instead of "0" ..; client i gets partition i.
     """
 
     def __init__(
@@ -60,9 +62,18 @@ class InProcessChannel:
         seed: int = 0,
         partitioner: Partitioner | None = None,
         latency: Callable[[ClientId], float] | None = None,
+        client_ids: Sequence[ClientId] | None = None,
     ) -> None:
         self._client_fn = client_fn
         self._ids = tuple(str(index) for index in range(num_clients))
+        if client_ids is not None:
+            if len(client_ids) != num_clients or len(set(client_ids)) != num_clients:
+                raise ConfigError(
+                    f"client_ids must name {num_clients} distinct clients (num_clients), got "
+                    f"{list(client_ids)}.",
+                    field="client_ids",
+                )
+            self._ids = tuple(client_ids)
         self._seed = seed
         self._partitioner = partitioner
         self._states: dict[ClientId, dict[str, Vector]] = {}
