@@ -25,7 +25,9 @@ def test_noised_mean_divides_by_count_and_adds_z_c_over_m() -> None:
     std z * C / m = 2 * 1 / 4 = 0.5."""
     total = np.full(100_000, 4.0, dtype=np.float32)
 
-    mean = noised_mean(total, count=4, clip_norm=1.0, noise_multiplier=2.0, rng=np.random.default_rng(3))
+    mean = noised_mean(
+        total, count=4, clip_norm=1.0, noise_multiplier=2.0, rng=np.random.default_rng(3)
+    )
 
     assert mean.dtype == np.float32
     assert np.mean(mean) == pytest.approx(1.0, abs=0.01)

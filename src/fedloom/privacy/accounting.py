@@ -21,6 +21,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from fedloom.errors import ConfigError, did_you_mean
 
 __all__ = [
@@ -118,9 +120,9 @@ def epsilon_spent(history: Sequence[Step], *, delta: float, accountant: str = "r
         return math.inf
     tracker = _opacus_accountants().create_accountant(mechanism=accountant)
     tracker.history = steps
-    with warnings.catch_warnings():  # "optimal order is the largest alpha": a loose bound
-        warnings.simplefilter("ignore", UserWarning)
-        return float(tracker.get_epsilon(delta=delta))
+    with warnings.catch_warnings(), np.errstate(divide="ignore"):
+        warnings.simplefilter("ignore", UserWarning)  # RDP: "optimal order is the largest alpha"
+        return float(tracker.get_epsilon(delta=delta))  # PRV at rate 1 takes log(0) on the way
 
 
 def noise_multiplier_for_budget(

@@ -186,9 +186,11 @@ class Orchestrator:
             replies = self._channel.run(tasks, timeout_s=self._fit_timeout_s)
             results = self._checked_fits(server_round, state.weights, replies, failures)
             awaited = f"sampled {len(tasks)} clients"
+            planned = len(tasks)
         else:
             results = self._buffer.results(server_round, state, failures)
-            awaited = f"awaited {self._strategy.schedule.buffer_size} results"  # type: ignore[union-attr]
+            planned = self._strategy.schedule.buffer_size  # type: ignore[union-attr]
+            awaited = f"awaited {planned} results"
         num_results = 0
 
         def counted(source: Iterator[FitResult]) -> Iterator[FitResult]:
@@ -200,7 +202,12 @@ class Orchestrator:
 
         try:
             state, fit_metrics = self._strategy.aggregate_fit(
-                server_round, state, counted(results), num_available=len(available)
+                server_round,
+                state,
+                counted(results),
+                num_available=len(available),
+                num_sampled=planned,
+                rng=generator(self._seed, "privacy", server_round),
             )
         except NotEnoughResults as exc:
             summary = "; ".join(f"'{cid}': {why}" for cid, why in failures.items())
@@ -211,6 +218,7 @@ class Orchestrator:
                 + (f" Failures: {summary}." if summary else ""),
             ) from exc
         metrics: dict[str, Scalar] = {f"fit.{k}": v for k, v in fit_metrics.items()}
+        metrics.update(self._strategy.privacy_metrics(state))  # epsilon spent so far, ...
         if self._buffer is not None and self._buffer.staleness:
             metrics["staleness.mean"] = sum(self._buffer.staleness) / len(self._buffer.staleness)
             metrics["staleness.max"] = max(self._buffer.staleness)

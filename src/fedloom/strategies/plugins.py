@@ -90,6 +90,10 @@ class Plugin(ABC):
         """Begin aggregating one round."""
         return PluginRound()
 
+    def metrics(self, state: Mapping[str, Vector]) -> dict[str, Scalar]:
+        """Round metrics the plug-in reads from its server state (recorded as they are)."""
+        return {}
+
 
 def _positive(value: float, name: str, hint: str) -> None:
     if not (
