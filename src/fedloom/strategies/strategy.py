@@ -281,7 +281,6 @@ class Strategy:
 
     def get_config(self) -> dict[str, Any]:
         """The strategy's parts and hyperparameters as a JSON-able dict (for the run record)."""
-        privacy = {} if self.privacy is None else {"privacy": _describe(self.privacy)}
         return {
             "sampler": _describe(self.sampler),
             "aggregator": _describe(self.aggregator),
@@ -293,7 +292,7 @@ class Strategy:
             "config": dict(self.config),
             "plugins": [_describe(plugin) for plugin in self.plugins],
             "schedule": _describe(self.schedule),
-            **privacy,
+            "privacy": None if self.privacy is None else _describe(self.privacy),
         }
 
     def _plugin_config(self) -> dict[str, Scalar]:
@@ -373,4 +372,3 @@ def _check_privacy_combination(strategy: Strategy) -> None:
                 field="plugins",
                 value=plugin.name,
             )
-
