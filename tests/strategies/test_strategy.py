@@ -406,6 +406,7 @@ def test_strategy_get_config_lists_every_part() -> None:
         "plugins": [],
         "schedule": {"name": "Sync"},
         "privacy": None,
+        "secure_aggregation": None,
     }
 
 

@@ -22,6 +22,7 @@ from fedloom.core import (
     Config,
     EvaluateRes,
     Failure,
+    FitIns,
     FitRes,
     GetWeightsIns,
     Metrics,
@@ -176,6 +177,7 @@ class Orchestrator:
         available = self._channel.clients()
         failures: dict[ClientId, str] = {}
         results: Iterator[FitResult]
+        secure_tasks: dict[ClientId, FitIns] | None = None
         if self._buffer is None:
             rng = generator(self._seed, "round", server_round)
             tasks = self._strategy.configure_fit(server_round, state, available, rng)
@@ -183,8 +185,11 @@ class Orchestrator:
                 cid: replace(ins, config=self._seeded(ins.config, cid, (server_round,)))
                 for cid, ins in tasks.items()
             }
-            replies = self._channel.run(tasks, timeout_s=self._fit_timeout_s)
-            results = self._checked_fits(server_round, state.weights, replies, failures)
+            if self._strategy.secure_aggregation is not None:
+                secure_tasks, results = tasks, iter(())  # the stages run in _secure_fit
+            else:
+                replies = self._channel.run(tasks, timeout_s=self._fit_timeout_s)
+                results = self._checked_fits(server_round, state.weights, replies, failures)
             awaited = f"sampled {len(tasks)} clients"
             planned = len(tasks)
         else:
@@ -201,14 +206,19 @@ class Orchestrator:
                 del result
 
         try:
-            state, fit_metrics = self._strategy.aggregate_fit(
-                server_round,
-                state,
-                counted(results),
-                num_available=len(available),
-                num_sampled=planned,
-                rng=generator(self._seed, "privacy", server_round),
-            )
+            if secure_tasks is not None:
+                state, fit_metrics, num_results = self._secure_fit(
+                    server_round, state, secure_tasks, failures, num_available=len(available)
+                )
+            else:
+                state, fit_metrics = self._strategy.aggregate_fit(
+                    server_round,
+                    state,
+                    counted(results),
+                    num_available=len(available),
+                    num_sampled=planned,
+                    rng=generator(self._seed, "privacy", server_round),
+                )
         except NotEnoughResults as exc:
             summary = "; ".join(f"'{cid}': {why}" for cid, why in failures.items())
             raise NotEnoughResults(
@@ -238,6 +248,43 @@ class Orchestrator:
             duration_s=time.perf_counter() - started,
         )
         return state, record
+
+    def _secure_fit(
+        self,
+        server_round: int,
+        state: StrategyState,
+        tasks: dict[ClientId, FitIns],
+        failures: dict[ClientId, str],
+        *,
+        num_available: int,
+    ) -> tuple[StrategyState, Metrics, int]:
+        """Run the round's fit tasks through SecAgg+; the new state from the unmasked sum."""
+        from fedloom.secagg.server import run_secure_round  # loads cryptography when used
+
+        assert self._strategy.secure_aggregation is not None
+        secure = run_secure_round(
+            self._channel,
+            tasks,
+            self._strategy.secure_aggregation,
+            server_round=server_round,
+            rng=generator(self._seed, "secagg", server_round),
+            fit_timeout_s=self._fit_timeout_s,
+            weighted=self._strategy.weighted_sum,
+            clip_norm=None if state.privacy is None else state.privacy.clip_norm,
+        )
+        failures.update(secure.failures)
+        new_state, metrics = self._strategy.aggregate_sum(
+            server_round,
+            state,
+            total=secure.total,
+            total_weight=secure.total_weight,
+            count=secure.count,
+            count_within_clip=secure.count_within_clip,
+            num_available=num_available,
+            num_sampled=len(tasks),
+            rng=generator(self._seed, "privacy", server_round),
+        )
+        return new_state, metrics, secure.count
 
     def _checked_fits(
         self,

@@ -26,6 +26,7 @@ from fedloom.core import (
 )
 from fedloom.errors import ConfigError, NotEnoughResults
 from fedloom.privacy import CentralDP, DPFold, PrivacyState
+from fedloom.secagg import SecAggPlus
 from fedloom.strategies.optimizers import SGD, OptimizerState, ServerOptimizer
 from fedloom.strategies.plugins import LocalOptimizer, Plugin
 from fedloom.strategies.samplers import All, Sampler
@@ -76,6 +77,8 @@ class Strategy:
         privacy: central differential privacy (`fedloom.privacy.CentralDP`): each update
             is clipped, the clipped updates are averaged uniformly (example counts are
             ignored) and Gaussian noise is added; None: no central DP.
+        secure_aggregation: `fedloom.secagg.SecAggPlus`: the server learns only the sum
+            of the updates (needs a sum-decomposable aggregator, WeightedMean or Mean).
     """
 
     sampler: Sampler = field(default_factory=All)
@@ -87,11 +90,13 @@ class Strategy:
     plugins: tuple[Plugin, ...] = ()
     schedule: Schedule = field(default_factory=Sync)
     privacy: CentralDP | None = None
+    secure_aggregation: SecAggPlus | None = None
 
     def __post_init__(self) -> None:
         names = [plugin.name for plugin in self.plugins]
         _check_plugin_combination(self.plugins)
         _check_privacy_combination(self)
+        _check_secure_aggregation(self)
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
             raise ConfigError(
@@ -265,6 +270,62 @@ class Strategy:
         )
         return new_state, weighted_average(client_metrics)
 
+    def aggregate_sum(
+        self,
+        server_round: int,
+        state: StrategyState,
+        *,
+        total: Vector,
+        total_weight: float,
+        count: int,
+        count_within_clip: int = 0,
+        num_available: int | None = None,
+        num_sampled: int | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[StrategyState, dict[str, Scalar]]:
+        """The new state from a sum of updates the server never saw one by one.
+
+        Secure aggregation hands over ``total = sum_i w_i * u_i`` and ``sum_i w_i``
+        (``w_i`` the example counts for WeightedMean, 1 for Mean and central DP); the
+        update is their ratio, or central DP's noised mean of the clients' clipped
+        updates (`count_within_clip` of them were within the clip norm).
+
+        Raises:
+            NotEnoughResults: fewer than ``min_fit`` updates are in the sum.
+        """
+        required = max(self.min_fit, self.aggregator.min_results)
+        if count < required:
+            raise NotEnoughResults(received=count, required=required)
+        params = state.weights.flat
+        summed = np.asarray(total, dtype=params.dtype)
+        privacy = state.privacy
+        if self.privacy is not None and privacy is not None:
+            update, privacy = self.privacy.release(
+                summed,
+                count=count,
+                count_unclipped=count_within_clip,
+                state=privacy,
+                num_planned=num_sampled or count,
+                num_available=num_available or count,
+                rng=rng if rng is not None else np.random.default_rng(),
+            )
+        else:
+            if total_weight <= 0:
+                raise NotEnoughResults(
+                    received=0, required=required, detail="Every update in the sum has weight 0."
+                )
+            update = summed / params.dtype.type(total_weight)
+        new_params, optimizer = self.server_opt.step(params, update, state.optimizer)
+        weights = Weights.from_flat(state.weights.spec, new_params)
+        return StrategyState(
+            weights=weights, optimizer=optimizer, plugins=state.plugins, privacy=privacy
+        ), {}
+
+    @property
+    def weighted_sum(self) -> bool:
+        """Whether secure aggregation weights each update by its example count."""
+        return self.privacy is None and not isinstance(self.aggregator, Mean)
+
     def privacy_metrics(self, state: StrategyState) -> dict[str, Scalar]:
         """The ``privacy.*`` metrics of the state after a round (empty without privacy).
 
@@ -292,6 +353,9 @@ class Strategy:
             "config": dict(self.config),
             "plugins": [_describe(plugin) for plugin in self.plugins],
             "schedule": _describe(self.schedule),
+            "secure_aggregation": None
+            if self.secure_aggregation is None
+            else _describe(self.secure_aggregation),
             "privacy": None if self.privacy is None else _describe(self.privacy),
         }
 
@@ -369,6 +433,61 @@ def _check_privacy_combination(strategy: Strategy) -> None:
             raise ConfigError(
                 f"the {plugin.name} plug-in {reason}, outside central DP's guarantee. Remove it "
                 "from the strategy, or drop central DP.",
+                field="plugins",
+                value=plugin.name,
+            )
+
+
+_NEEDS_INDIVIDUAL_UPDATES = {
+    "Median": "takes the coordinate-wise median of the individual updates",
+    "TrimmedMean": "sorts each coordinate of the individual updates",
+    "Krum": "compares the individual updates by their pairwise distances",
+    "MultiKrum": "compares the individual updates by their pairwise distances",
+    "Bulyan": "compares and sorts the individual updates",
+    "ClippedMean": "clips each update on the server (with secure aggregation, clip on the "
+    "clients: use central DP, privacy=CentralDP(...))",
+}
+
+
+def _check_secure_aggregation(strategy: Strategy) -> None:
+    """Refuse parts that need what secure aggregation hides: the individual updates."""
+    secure = strategy.secure_aggregation
+    if secure is None:
+        return
+    if not isinstance(secure, SecAggPlus):
+        raise ConfigError(
+            f"secure_aggregation must be a fedloom.secagg.SecAggPlus, got {type(secure).__name__}.",
+            field="secure_aggregation",
+        )
+    aggregator = type(strategy.aggregator)
+    if aggregator not in (WeightedMean, Mean):
+        why = _NEEDS_INDIVIDUAL_UPDATES.get(
+            aggregator.__name__, "is not known to be sum-decomposable"
+        )
+        raise ConfigError(
+            f"secure aggregation shows the server only the sum of the updates, but the "
+            f"{aggregator.__name__} aggregator {why}. Use the weighted_mean or mean "
+            "aggregator, or drop secure_aggregation.",
+            field="aggregator",
+            value=aggregator.__name__,
+        )
+    if not isinstance(strategy.schedule, Sync):
+        raise ConfigError(
+            "secure aggregation runs in synchronous rounds (every stage waits for the "
+            f"round's clients), not with the {type(strategy.schedule).__name__} schedule. Use "
+            "Sync() or drop secure_aggregation.",
+            field="schedule",
+        )
+    for plugin in strategy.plugins:
+        has_server_half = (
+            type(plugin).start_round is not Plugin.start_round
+            or plugin.required_tensors
+            or plugin.required_metrics
+        )
+        if has_server_half:
+            raise ConfigError(
+                f"the {plugin.name} plug-in adjusts each client's update on the server, which "
+                "secure aggregation hides. Remove it, or drop secure_aggregation.",
                 field="plugins",
                 value=plugin.name,
             )
