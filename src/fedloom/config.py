@@ -30,6 +30,8 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
     fraction_fit = 1.0             # the other keys are the preset's parameters
     [strategy.config]              # optional: sent to every client each round
     local_epochs = 2
+    [strategy.secure_aggregation]  # optional: SecAgg+, the server learns only the sum
+    reconstruction_threshold = 0.6 # the other keys are fedloom.secagg.SecAggPlus's
 
     [stop]                                    # optional
     target_metric = "central.accuracy"        # with target_value: StopAtMetric
@@ -80,6 +82,7 @@ from fedloom.aggregators import AGGREGATORS, Aggregator
 from fedloom.core import Partitioner, Weights, WeightsLike
 from fedloom.data import PARTITIONERS
 from fedloom.errors import ConfigError, did_you_mean
+from fedloom.secagg import SecAggPlus
 from fedloom.server import Callback, EarlyStopping, EvaluateFn, KeepBest, StopAtMetric
 from fedloom.strategies import STRATEGIES, Strategy
 from fedloom.strategies.optimizers import SERVER_OPTIMIZERS, ServerOptimizer
@@ -469,7 +472,7 @@ def _strategy_config(data: Mapping[str, Any] | None, file: Path) -> StrategyConf
                 value,
             )
     parts: dict[str, Mapping[str, Any]] = {}
-    for part in _PARTS:
+    for part in (*_PARTS, *_OPTION_TABLES):
         value = table.data.get(part)
         if value is None:
             continue
@@ -482,7 +485,7 @@ def _strategy_config(data: Mapping[str, Any] | None, file: Path) -> StrategyConf
                 value,
             )
         parts[part] = value
-    skip = ("name", "config", *_PARTS)
+    skip = ("name", "config", *_PARTS, *_OPTION_TABLES)
     params = {k: v for k, v in table.data.items() if k not in skip}
     return StrategyConfig(name=name, params=params, config=config, parts=parts)
 
@@ -509,11 +512,34 @@ def _build_strategy(config: StrategyConfig, file: Path) -> Strategy:
             )
         extra["config"] = dict(config.config)
     strategy: Strategy = construct(preset, params, "[strategy]", file, **extra)
-    replacements = {part: _build_part(part, table, file) for part, table in config.parts.items()}
-    return dataclasses.replace(strategy, **replacements) if replacements else strategy
+    replacements = {
+        part: _build_part(part, table, file)
+        for part, table in config.parts.items()
+        if part in _PARTS
+    }
+    secure = config.parts.get("secure_aggregation")
+    if secure is not None:
+        replacements["secure_aggregation"] = _build_secure_aggregation(secure, file)
+    if not replacements:
+        return strategy
+    try:
+        return dataclasses.replace(strategy, **replacements)
+    except ConfigError as exc:  # a combination the strategy refuses
+        key = "[strategy.secure_aggregation]" if secure is not None else "[strategy]"
+        raise config_error(key, file, str(exc), exc.value) from exc
 
 
 _PARTS = ("aggregator", "server_opt")
+_OPTION_TABLES = ("secure_aggregation",)
+"""``[strategy.<option>]`` tables of keyword arguments (no ``name``) for a strategy field."""
+
+
+def _build_secure_aggregation(data: Mapping[str, Any], file: Path) -> SecAggPlus:
+    """`SecAggPlus` from ``[strategy.secure_aggregation]`` (its keys are its parameters)."""
+    section = "[strategy.secure_aggregation]"
+    params = check_params(SecAggPlus, dict(data), section, file)
+    secure: SecAggPlus = construct(SecAggPlus, params, section, file)
+    return secure
 
 
 def _build_part(part: str, data: Mapping[str, Any], file: Path) -> Any:
