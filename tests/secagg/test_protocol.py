@@ -230,3 +230,22 @@ def test_secagg_client_aborts_a_stage_arriving_after_its_deadline() -> None:
     assert isinstance(late, Failure)
     assert isinstance(late.error, StageTimeout)
     assert "30 s deadline" in late.reason
+
+
+def test_secagg_client_refuses_a_setup_without_a_finite_stage_deadline() -> None:
+    config = SecAggPlus()
+    server = SecAggServer(
+        config.for_round(3), participants=["a", "b", "c"], dim=4, rng=np.random.default_rng(0)
+    )
+    request = dict(server.requests()["a"])
+    payload = json.loads(str(request[PAYLOAD]))
+    payload["params"]["idle_timeout_s"] = float("inf")
+    request[PAYLOAD] = json.dumps(payload)
+
+    reply = SecAggSessions().handle(
+        "a", FitIns(weights=Weights({}), config=request), fit=lambda ins: FitRes({}, 0)
+    )
+
+    assert isinstance(reply, Failure)
+    assert isinstance(reply.error, SecAggAborted)
+    assert "finite number > 0 (deadlines too)" in reply.reason

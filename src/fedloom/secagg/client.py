@@ -35,6 +35,7 @@ from fedloom.core import (
     generator,
 )
 from fedloom.errors import FedloomError, SecAggAborted, StageOrderError, StageTimeout
+from fedloom.privacy.clipping import clip_update, l2_norm
 from fedloom.secagg import _crypto, shamir
 from fedloom.secagg.quantize import quantize
 from fedloom.secagg.stages import (
@@ -69,6 +70,22 @@ class MaskingParams:
     weighted: bool
     clip_norm: float | None
     idle_timeout_s: float
+
+    def __post_init__(self) -> None:
+        """Refuse values no honest server sends (ValueError, reported as an abort)."""
+        counts = (self.threshold, self.num_clients, self.quantization_bits, self.modulus_bits)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+            raise ValueError(f"counts and bit widths must be ints, got {counts}")
+        if not isinstance(self.weighted, bool):
+            raise ValueError(f"weighted must be a bool, got {self.weighted!r}")
+        reals = [self.clipping_range, self.idle_timeout_s]
+        if self.clip_norm is not None:
+            reals.append(self.clip_norm)
+        for value in reals:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"expected a number, got {value!r}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"expected a finite number > 0 (deadlines too), got {value!r}")
 
 
 @dataclass
@@ -292,8 +309,6 @@ class SecAggClient:
         vector: Vector = np.asarray(update, dtype=np.float64)
         within = 0
         if params.clip_norm is not None:  # central DP: clip here, the server adds the noise
-            from fedloom.privacy.clipping import clip_update, l2_norm
-
             within = int(l2_norm(vector) <= params.clip_norm)
             vector = clip_update(vector, params.clip_norm)
         values = np.empty(vector.size + 2, dtype=np.uint64)
