@@ -219,15 +219,22 @@ class SecAggServer:
 
     def _take_shares(self, client: ClientId, payload: Mapping[str, object]) -> None:
         x = self.index[client]
+        holds = self.graph[client] | {client}
+        owners = {"b": self._masked & holds, "s": (self._shared - self._masked) & holds}
+        taken: list[tuple[dict[ClientId, dict[int, int]], ClientId, int]] = []
         for kind, store in (("b", self._b_shares), ("s", self._s_shares)):
             shares = payload.get(kind)
             if not isinstance(shares, dict):
                 raise _Dropped(f"expected a '{kind}' object of shares")
             for owner, text in shares.items():
-                if owner not in self.graph[client] | {client}:
-                    raise _Dropped(f"sent a share of '{owner}', who is not its neighbour")
+                if owner not in owners[kind]:
+                    raise _Dropped(f"sent a '{kind}' share of '{owner}', which was not asked for")
                 value = int.from_bytes(unb64(text, stage="unmask", what="a share"), "big")
-                store.setdefault(owner, {})[x] = value
+                if value >= shamir.PRIME:
+                    raise _Dropped(f"sent a share of '{owner}' outside the field")
+                taken.append((store, owner, value))
+        for store, owner, value in taken:  # all or nothing
+            store.setdefault(owner, {})[x] = value
 
     def close_stage(self) -> None:
         """End the current stage: who did not answer drops out; check enough remain.
