@@ -77,6 +77,8 @@ from fedloom._tomlcheck import (
     construct,
     describe,
     lookup,
+    parse_toml,
+    read_config_text,
 )
 from fedloom.aggregators import AGGREGATORS, Aggregator
 from fedloom.core import Partitioner, Weights, WeightsLike
@@ -377,7 +379,7 @@ def load_config(path: str | Path, *, role: Role = "simulate") -> SimulationConfi
         )
     file = Path(path)
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        data = parse_toml(read_config_text(file), file)
     except FileNotFoundError:
         raise ConfigError(
             f"{file}: no such config file. Check the path (relative to {Path.cwd()}).",
