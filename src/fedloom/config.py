@@ -32,6 +32,17 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
     local_epochs = 2
     [strategy.secure_aggregation]  # optional: SecAgg+, the server learns only the sum
     reconstruction_threshold = 0.6 # the other keys are fedloom.secagg.SecAggPlus's
+    [strategy.privacy]             # optional: central DP (fedloom.privacy.central_dp's keys)
+    noise_multiplier = 1.0         # noise std on the sum, in clip norms
+    clip_norm = 0.5                # fixed clip norm, or the first one with target_quantile
+    target_quantile = 0.5          # optional: adaptive clipping towards this quantile
+    delta = 1e-5                   # privacy.epsilon is reported for this delta
+    calibration = "planned"        # dropouts: divide by the clients sampled, or "actual"
+    [strategy.local_dp]            # optional: DP-SGD on TorchClients (fedloom.strategies.LocalDP)
+    epsilon = 8.0                  # each client's budget over `rounds` fits
+    delta = 1e-5
+    clip_norm = 1.0                # per-example gradient bound
+    rounds = 20                    # default: [run].rounds
 
     [stop]                                    # optional
     target_metric = "central.accuracy"        # with target_value: StopAtMetric
@@ -84,9 +95,10 @@ from fedloom.aggregators import AGGREGATORS, Aggregator
 from fedloom.core import Partitioner, Weights, WeightsLike
 from fedloom.data import PARTITIONERS
 from fedloom.errors import ConfigError, did_you_mean
+from fedloom.privacy import central_dp
 from fedloom.secagg import SecAggPlus
 from fedloom.server import Callback, EarlyStopping, EvaluateFn, KeepBest, StopAtMetric
-from fedloom.strategies import STRATEGIES, Strategy
+from fedloom.strategies import STRATEGIES, LocalDP, Strategy
 from fedloom.strategies.optimizers import SERVER_OPTIMIZERS, ServerOptimizer
 from fedloom.transport.inprocess import ClientFn
 
@@ -289,7 +301,7 @@ class SimulationConfig:
             num_clients=num_clients,
             rounds=self.run.rounds,
             seed=self.run.seed,
-            strategy=_build_strategy(self.strategy, self.path),
+            strategy=_build_strategy(self.strategy, self.path, rounds=self.run.rounds),
             partitioner=self._partitioner(),
             evaluate_fn=evaluate_fn,
             initial_weights=None if initial_fn is None else _initial(initial_fn, self.path),
@@ -313,7 +325,7 @@ class SimulationConfig:
         return ServerFederation(
             rounds=self.run.rounds,
             seed=self.run.seed,
-            strategy=_build_strategy(self.strategy, self.path),
+            strategy=_build_strategy(self.strategy, self.path, rounds=self.run.rounds),
             evaluate_fn=evaluate_fn,
             initial_weights=None if initial_fn is None else _initial(initial_fn, self.path),
             callbacks=tuple(callbacks),
@@ -426,7 +438,7 @@ def load_config(path: str | Path, *, role: Role = "simulate") -> SimulationConfi
         server=None if tables["server"] is None else _server_config(tables["server"], file),
     )
     _entry_points(config.clients, file, role)
-    _build_strategy(config.strategy, file)
+    _build_strategy(config.strategy, file, rounds=config.run.rounds)
     if config.data is not None:
         _build_partitioner(config.data, file)
     _build_stop(config.stop, file)
@@ -500,7 +512,7 @@ def _data_config(data: Mapping[str, Any] | None, file: Path) -> DataConfig | Non
     return DataConfig(partitioner=name, params=params)
 
 
-def _build_strategy(config: StrategyConfig, file: Path) -> Strategy:
+def _build_strategy(config: StrategyConfig, file: Path, *, rounds: int = 1) -> Strategy:
     preset = lookup(config.name, STRATEGIES, "strategy", "[strategy].name", file)
     params = check_params(preset, config.params, "[strategy]", file, skip=("config",))
     extra: dict[str, Any] = {}
@@ -522,17 +534,45 @@ def _build_strategy(config: StrategyConfig, file: Path) -> Strategy:
     secure = config.parts.get("secure_aggregation")
     if secure is not None:
         replacements["secure_aggregation"] = _build_secure_aggregation(secure, file)
-    if not replacements:
-        return strategy
-    try:
-        return dataclasses.replace(strategy, **replacements)
-    except ConfigError as exc:  # a combination the strategy refuses
-        key = "[strategy.secure_aggregation]" if secure is not None else "[strategy]"
-        raise config_error(key, file, str(exc), exc.value) from exc
+    if replacements:
+        try:
+            strategy = dataclasses.replace(strategy, **replacements)
+        except ConfigError as exc:  # a combination the strategy refuses
+            key = "[strategy.secure_aggregation]" if secure is not None else "[strategy]"
+            raise config_error(key, file, str(exc), exc.value) from exc
+    return _with_privacy(strategy, config.parts, file, rounds=rounds)
+
+
+def _with_privacy(
+    strategy: Strategy, parts: Mapping[str, Mapping[str, Any]], file: Path, *, rounds: int
+) -> Strategy:
+    """`strategy` with ``[strategy.privacy]`` (central DP) and ``[strategy.local_dp]`` (DP-SGD).
+
+    ``[strategy.privacy]`` holds `fedloom.privacy.central_dp`'s parameters;
+    ``[strategy.local_dp]`` those of `fedloom.strategies.LocalDP`, whose ``rounds``
+    defaults to ``[run].rounds``.
+    """
+    for table in ("privacy", "local_dp"):
+        data = parts.get(table)
+        if data is None:
+            continue
+        section = f"[strategy.{table}]"
+        if table == "privacy":
+            params = check_params(central_dp, dict(data), section, file)
+            change: dict[str, Any] = {"privacy": construct(central_dp, params, section, file)}
+        else:
+            params = {"rounds": rounds, **check_params(LocalDP, dict(data), section, file)}
+            local = construct(LocalDP, params, section, file)
+            change = {"plugins": (*strategy.plugins, local)}
+        try:
+            strategy = dataclasses.replace(strategy, **change)
+        except ConfigError as exc:  # a combination the strategy refuses
+            raise config_error(section, file, str(exc), exc.value) from exc
+    return strategy
 
 
 _PARTS = ("aggregator", "server_opt")
-_OPTION_TABLES = ("secure_aggregation",)
+_OPTION_TABLES = ("secure_aggregation", "privacy", "local_dp")
 """``[strategy.<option>]`` tables of keyword arguments (no ``name``) for a strategy field."""
 
 

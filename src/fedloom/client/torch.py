@@ -229,8 +229,9 @@ class TorchClient:
         state: Mapping[str, Vector],
     ) -> PrivateTraining:
         """DP-SGD for this fit (the ``dpsgd`` plug-in): the plan after the kept history."""
-        from fedloom.privacy.dpsgd import PrivateTraining  # needs Opacus: fedloom[privacy]
+        from fedloom.privacy.dpsgd import PrivateTraining, check_model  # fedloom[privacy]
 
+        check_model(self.model)  # before the noise search: a refused model fails fast
         history = state.get("dpsgd.history")
         num_examples = _num_examples(self.train_data)
         if isinstance(self.train_data, DataLoader):  # Opacus' rate for a loader: 1 / batches
