@@ -196,9 +196,12 @@ class PrivateTraining:
         self.optimizer.zero_grad(set_to_none=True)
 
     def close(self) -> None:
-        """Remove Opacus' hooks and per-example gradients from the model."""
+        """Remove Opacus' hooks, per-example gradients and sums from the model."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.model._close()
+        module = self.model.to_standard_module()
+        for parameter in module.parameters():  # DPOptimizer's running sum, left behind
+            if hasattr(parameter, "summed_grad"):
+                del parameter.summed_grad
 
     def __enter__(self) -> PrivateTraining:
         return self
