@@ -13,8 +13,8 @@ import numpy as np
 
 from fedloom.core import FitIns, FitRes, Reply, Weights
 from fedloom.secagg import SecAggPlus
-from fedloom.secagg.client import SecAggSessions
 from fedloom.secagg.server import SecAggServer, SecureSum
+from fedloom.secagg.sessions import SecAggSessions
 from fedloom.secagg.stages import STAGES
 
 

@@ -13,9 +13,9 @@ import pytest
 from fedloom.core import Failure, FitIns, FitRes, Weights
 from fedloom.errors import SecAggAborted, StageOrderError, StageTimeout
 from fedloom.secagg import SecAggPlus
-from fedloom.secagg.client import SecAggSessions
 from fedloom.secagg.quantize import quantization_error_bound
 from fedloom.secagg.server import SecAggServer
+from fedloom.secagg.sessions import SecAggSessions
 from fedloom.secagg.stages import PAYLOAD, STAGE
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -31,7 +31,7 @@ from fedloom.core.protocols import Client
 from fedloom.secagg import is_stage_task
 
 if TYPE_CHECKING:
-    from fedloom.secagg.client import SecAggSessions
+    from fedloom.secagg.sessions import SecAggSessions
 
 __all__ = ["ClientFn", "InProcessChannel"]
 
@@ -128,7 +128,7 @@ class InProcessChannel:
 
     def _secure_stage(self, client_id: ClientId, task: Task) -> Reply:
         """Answer a SecAgg+ stage; the masked-input stage trains through `_run_one`."""
-        from fedloom.secagg.client import SecAggSessions  # loads cryptography when used
+        from fedloom.secagg.sessions import SecAggSessions  # loads cryptography when used
 
         if self._secagg is None:
             self._secagg = SecAggSessions()

@@ -43,7 +43,7 @@ from fedloom.transport.grpc.wire import (
 )
 
 if TYPE_CHECKING:
-    from fedloom.secagg.client import SecAggSessions
+    from fedloom.secagg.sessions import SecAggSessions
 
 __all__ = ["Backoff", "ClientRuntime"]
 
@@ -253,7 +253,7 @@ class ClientRuntime:
 
     def _secure_stage(self, task: Task) -> Reply:
         """Answer a SecAgg+ stage; the masked-input stage trains through `run_task`."""
-        from fedloom.secagg.client import SecAggSessions  # loads cryptography when used
+        from fedloom.secagg.sessions import SecAggSessions  # loads cryptography when used
 
         if self._secagg is None:
             self._secagg = SecAggSessions()
