@@ -249,3 +249,20 @@ def test_secagg_client_refuses_a_setup_without_a_finite_stage_deadline() -> None
     assert isinstance(reply, Failure)
     assert isinstance(reply.error, SecAggAborted)
     assert "finite number > 0 (deadlines too)" in reply.reason
+
+
+def test_secagg_client_refuses_a_weight_that_could_overflow_the_modulus() -> None:
+    """48-bit sums of 3 clients' 40-bit values leave room for weights up to 85."""
+    config = SecAggPlus(quantization_bits=40, modulus_bits=48)
+    updates = make_updates(3, 4, seed=9)
+    # (2^48 - 1) // ((2^40 - 1) * 3) = 85
+    examples = {"c0": 85, "c1": 85, "c2": 86}
+
+    outcome = run_round(config, updates, num_examples=examples, weighted=True)
+
+    refused = outcome.replies["masked_input"]["c2"]
+    assert isinstance(refused, Failure)
+    assert "num_examples=86) is over 85" in refused.reason
+    assert outcome.result is not None  # the others go on (t = ceil(0.6 * 3) = 2)
+    assert outcome.result.survivors == ("c0", "c1")
+    assert outcome.result.total_weight == 170

@@ -85,12 +85,19 @@ def test_simulate_with_secure_aggregation_matches_plain_fedavg_within_quantizati
 
 
 @pytest.mark.e2e
-def test_secure_aggregation_composes_with_central_dp() -> None:
+@pytest.mark.parametrize("target_quantile", [None, 0.5])
+def test_secure_aggregation_composes_with_central_dp(target_quantile: float | None) -> None:
     """Clients clip before masking and the server noises the unmasked sum: the same release
-    as central DP alone (seeded noise), up to quantization."""
+    as central DP alone (seeded noise), up to quantization. With adaptive clipping the
+    count of updates within the clip norm is summed securely too."""
 
     def strategy(secure: SecAggPlus | None) -> Strategy:
-        dp = central_dp(noise_multiplier=0.5, clip_norm=0.05, reproducible=True)
+        dp = central_dp(
+            noise_multiplier=0.5,
+            clip_norm=0.05,
+            target_quantile=target_quantile,
+            reproducible=True,
+        )
         return Strategy(
             aggregator=Mean(), privacy=dp, evaluate_sampler=None, secure_aggregation=secure
         )
@@ -109,4 +116,8 @@ def test_secure_aggregation_composes_with_central_dp() -> None:
     assert np.abs(secure.weights.flat - noise_free).max() > 1e-3  # noise was added
     last = secure.history[-1].metrics
     assert last["privacy.epsilon"] == plain.history[-1].metrics["privacy.epsilon"]
-    assert last["privacy.noise_std"] == pytest.approx(0.5 * 0.05 / 8)  # z * C / m
+    if target_quantile is None:
+        assert last["privacy.noise_std"] == pytest.approx(0.5 * 0.05 / 8)  # z * C / m
+    else:  # the clip norm moved the same way: the same count of updates within it
+        assert last["privacy.clip_norm"] == plain.history[-1].metrics["privacy.clip_norm"]
+        assert last["privacy.clip_norm"] != 0.05
