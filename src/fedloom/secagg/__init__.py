@@ -8,7 +8,9 @@ Turn it on with one option: ``Strategy(secure_aggregation=SecAggPlus())`` (or a
 - `shamir`: t-of-n secret sharing over a prime field.
 - `graph`: the sparse (Harary) neighbour graph.
 - `client` / `server`: the two sides of the protocol (they need ``cryptography``:
-  ``pip install 'fedloom[secagg]'``); `stages`: how stages ride on fit tasks.
+  ``pip install 'fedloom[secagg]'``); `server.run_secure_round` drives a round over
+  a Channel; `sessions`: the clients' stage handler the runtimes call; `stages`:
+  how stages ride on fit tasks.
 
 Importing this package loads neither ``cryptography`` nor the protocol modules.
 """
