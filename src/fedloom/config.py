@@ -59,6 +59,10 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
     join_timeout_s = 300      # how long to wait for min_clients
     fit_timeout_s = 600       # each round's deadline
     heartbeat_s = 2           # how often clients beat; three missed beats drop a client
+    max_message_bytes = 4294967296  # largest result a client may upload (bytes; default 4 GiB)
+    upload_quota_bytes = 1073741824 # bytes one client may upload per quota window (default: none)
+    joins_per_client = 30     # joins under one name per quota window (default 30)
+    quota_window_s = 60       # the sliding window the quotas count over (default 60)
 
 Each command reads what it uses (`Role`): ``simulate`` needs ``[clients].app`` and
 ``num_clients``; ``server`` needs neither and imports only ``evaluate`` and
@@ -134,6 +138,7 @@ _STOP_KEYS = ("target_metric", "target_value", "patience", "patience_metric", "k
 _SERVER_KEYS = (
     *("address", "min_clients", "max_clients"),
     *("join_timeout_s", "fit_timeout_s", "heartbeat_s"),
+    *("max_message_bytes", "upload_quota_bytes", "joins_per_client", "quota_window_s"),
 )
 
 
@@ -202,6 +207,14 @@ class ServerConfig:
     join_timeout_s: float = 300.0
     fit_timeout_s: float = 600.0
     heartbeat_s: float = 2.0
+    max_message_bytes: int | None = None
+    """Largest result one client may upload; None: the transport's default (4 GiB)."""
+    upload_quota_bytes: int | None = None
+    """Bytes one client may upload per `quota_window_s`; None: no quota."""
+    joins_per_client: int | None = None
+    """Joins under one client name per `quota_window_s`; None: the transport's default (30)."""
+    quota_window_s: float | None = None
+    """The sliding window of the quotas, in seconds; None: the transport's default (60)."""
 
     def __post_init__(self) -> None:
         host, _, port = self.address.rpartition(":")
@@ -212,9 +225,9 @@ class ServerConfig:
                 field="address",
                 value=self.address,
             )
-        for key in ("join_timeout_s", "fit_timeout_s", "heartbeat_s"):
+        for key in ("join_timeout_s", "fit_timeout_s", "heartbeat_s", "quota_window_s"):
             value = getattr(self, key)
-            if not (math.isfinite(value) and value > 0):
+            if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(
                     f"{key} must be a number of seconds > 0, got {value}.",
                     field=key,
@@ -655,7 +668,9 @@ def _server_config(data: Mapping[str, Any], file: Path) -> ServerConfig:
         "address": table.get("address", "str"),
         "min_clients": table.get("min_clients", "int", minimum=1),
         "max_clients": table.get("max_clients", "int", minimum=1),
-        **{key: table.get(key, "float") for key in _SERVER_KEYS[3:]},
+        **{key: table.get(key, "float") for key in _SERVER_KEYS[3:6]},
+        **{key: table.get(key, "int", minimum=1) for key in _SERVER_KEYS[6:9]},
+        "quota_window_s": table.get("quota_window_s", "float"),
     }
     given = {key: value for key, value in values.items() if value is not None}
     server: ServerConfig = construct(ServerConfig, given, "[server]", file)

@@ -19,8 +19,10 @@ from fedloom.strategies import Strategy, fedavg
 from fedloom.transport.grpc.channel import GrpcChannel
 from fedloom.transport.grpc.client import Backoff, ClientRuntime
 from fedloom.transport.grpc.fleet import Fleet
+from fedloom.transport.grpc.quotas import Quotas
 from fedloom.transport.grpc.security import TlsConfig, Tokens
 from fedloom.transport.grpc.service import start_server
+from fedloom.transport.grpc.wire import Limits
 
 __all__ = ["connect", "serve"]
 
@@ -45,6 +47,8 @@ def serve(
     run_dir: str | Path | None = None,
     heartbeat_s: float = 2.0,
     on_ready: Callable[[int], None] | None = None,
+    limits: Limits | None = None,
+    quotas: Quotas | None = None,
 ) -> RunResult:
     """Listen on `address`, wait for `min_clients`, and run `rounds` rounds over gRPC.
 
@@ -65,12 +69,16 @@ def serve(
         run_dir: write history.json and weights.safetensors there.
         heartbeat_s: how often clients beat; three missed beats drop a client.
         on_ready: called with the port once the server listens.
+        limits: what the server accepts in one result (default `Limits()`).
+        quotas: per-client upload and join quotas (default `Quotas()`).
 
     Raises:
         ConnectError: fewer than `min_clients` joined within `join_timeout_s`.
     """
     fleet = Fleet(max_clients=max_clients, heartbeat_s=heartbeat_s)
-    running = start_server(fleet, address=address, tls=tls, tokens=tokens)
+    running = start_server(
+        fleet, address=address, tls=tls, tokens=tokens, limits=limits, quotas=quotas
+    )
     try:
         if on_ready is not None:
             on_ready(running.port)
