@@ -444,3 +444,34 @@ def test_certificate_probe_does_not_mistake_an_accepted_client_or_an_outage(
     refused = refused_client_certificate(address, _tls(certs, None, certs / "ca.pem"))
 
     assert (accepted, not_mutual, down, refused) == (False, False, False, True)
+
+
+# --- messages gRPC itself refuses ---
+
+
+def test_a_frame_over_the_message_limit_and_bytes_that_are_not_protobuf_are_refused() -> None:
+    fleet = Fleet()
+    server = start_server(fleet, tls=None, tokens=None, chunk_bytes=1024)  # limit: 1 KiB + 1 MiB
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    raw_push = channel.stream_unary(
+        "/fedloom.v1.Fleet/Push",
+        request_serializer=lambda data: data,
+        response_deserializer=fleet_pb2.PushReply.FromString,
+    )
+    huge = fleet_pb2.Frame(data=bytes(2 << 20)).SerializeToString()
+    try:
+        with pytest.raises(grpc.RpcError) as too_big:
+            raw_push(iter([huge]), timeout=TIMEOUT_S)
+        with pytest.raises(grpc.RpcError) as garbage:
+            raw_push(iter([b"\xff\xff\xff\xff not protobuf"]), timeout=TIMEOUT_S)
+        still_serving = fleet_pb2_grpc.FleetStub(channel).Join(
+            fleet_pb2.JoinRequest(name="ok"), timeout=TIMEOUT_S
+        )
+    finally:
+        channel.close()
+        server.stop(grace_s=0.1)
+
+    assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert garbage.value.code() == grpc.StatusCode.INTERNAL
+    assert still_serving.session
+    assert fleet.names() == ["ok"]
