@@ -17,7 +17,7 @@ from fedloom.core import ClientContext, Config, Metrics, Weights, WeightsLike
 from fedloom.errors import ConfigError
 from fedloom.observe import format_metrics
 from fedloom.privacy import AdaptiveClip, CentralDP, FixedClip, central_dp, l2_norm
-from fedloom.strategies import FitResult, Fraction, Scaffold, Strategy
+from fedloom.strategies import Buffered, FitResult, Fraction, Scaffold, Strategy
 
 DIM = 100_000
 
@@ -244,3 +244,21 @@ def test_central_dp_refuses_robust_aggregators_and_leaky_plugins() -> None:
         Strategy(privacy=dp, aggregator=Median())
     with pytest.raises(ConfigError, match="scaffold plug-in sends each client's control"):
         Strategy(privacy=dp, plugins=(Scaffold(),))
+
+
+def test_central_dp_with_an_async_buffer_plans_the_buffer_size() -> None:
+    """FedBuff with K = 2 of 4 clients: each aggregation plans 2 updates (m = K) and is one
+    step of the mechanism at sample rate 2/4 for the accountant; the clipped mean moves x."""
+    strategy = Strategy(
+        schedule=Buffered(buffer_size=2, concurrency=4),
+        privacy=central_dp(noise_multiplier=1.0, clip_norm=10.0, reproducible=True),
+    )
+
+    result = simulate(_client_fn, num_clients=4, rounds=3, strategy=strategy)
+
+    reference = RDPAccountant()
+    for _, epsilon in result.history.series("privacy.epsilon"):
+        reference.step(noise_multiplier=1.0, sample_rate=0.5)
+        assert epsilon == pytest.approx(reference.get_epsilon(delta=1e-5), rel=1e-9)
+    assert result.history.last("privacy.noise_std") == pytest.approx(1.0 * 10.0 / 2)
+    assert len(result.history.series("privacy.epsilon")) == 3
