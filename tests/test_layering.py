@@ -30,6 +30,10 @@ FORBIDDEN: dict[str, set[str]] = {
         *("strategies", "server", "client", "transport", "proto", "simulation", "deployment"),
         *("store", "observe", "config", "cli", "grpc"),
     },
+    "secagg": {
+        *("aggregators", "strategies", "server", "client", "transport", "proto", "simulation"),
+        *("deployment", "store", "observe", "config", "cli", "grpc"),
+    },
     "server": {
         *("client", "transport", "proto", "simulation", "deployment", "store", "observe"),
         *("config", "cli", "grpc"),
@@ -127,6 +131,7 @@ def test_layering_every_module_imports_only_downwards() -> None:
         ("aggregators/x.py", "from fedloom import cli", "imports cli"),
         ("server/x.py", "from fedloom.transport.grpc import channel", "imports transport"),
         ("transport/grpc/x.py", "from fedloom.server import Orchestrator", "imports server"),
+        ("secagg/x.py", "from fedloom.strategies import Strategy", "imports strategies"),
     ],
 )
 def test_layering_checker_flags_a_broken_direction(

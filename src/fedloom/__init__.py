@@ -13,6 +13,8 @@ server folds their results into new global weights. The subpackages:
 - `fedloom.data`: partitioners (iid, Dirichlet, shards, by key).
 - `fedloom.store`: the run store (SQLite or PostgreSQL: rounds, results, checkpoints,
   resume) and the run folder (history.json, weights.safetensors).
+- `fedloom.secagg`: secure aggregation (SecAgg+): the server learns only the sum.
+- `fedloom.privacy`: differential privacy: clipping, noise, accountants, central DP, DP-SGD.
 - `fedloom.config`: TOML configs for the ``fedloom`` command.
 
 - `fedloom.deployment`: `serve` and `connect`, the same federation over gRPC.

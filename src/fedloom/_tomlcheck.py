@@ -8,14 +8,23 @@ Values are checked, never evaluated.
 from __future__ import annotations
 
 import inspect
+import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedloom.errors import ConfigError, did_you_mean
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 __all__ = [
     "KINDS",
+    "MAX_CONFIG_BYTES",
+    "MAX_KEY_PARTS",
     "Table",
     "check_kind",
     "check_params",
@@ -23,7 +32,19 @@ __all__ = [
     "construct",
     "describe",
     "lookup",
+    "parse_toml",
+    "read_config_text",
 ]
+
+MAX_CONFIG_BYTES = 1024**2
+"""Largest config, tokens or secret file read (1 MiB): checked before reading it."""
+
+MAX_KEY_PARTS = 32
+"""Most parts of one dotted TOML key (``a.b.c`` has 3): tomllib's cost grows with their square."""
+
+_STRINGS = re.compile(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'')
+_DOTS = re.compile(r"[ \t]*\.[ \t]*")
+_TOKENS = re.compile(r"[^A-Za-z0-9_.\-\"']+")  # a dotted key, quoted parts too, is one token
 
 KINDS: dict[str, tuple[type, str, str]] = {  # kind -> (type, what it is called, an example)
     "int": (int, "an integer", "10"),
@@ -31,6 +52,54 @@ KINDS: dict[str, tuple[type, str, str]] = {  # kind -> (type, what it is called,
     "str": (str, "a string", '"text"'),
     "bool": (bool, "a boolean", "true"),
 }
+
+
+def read_config_text(
+    file: Path, *, what: str = "config file", max_bytes: int = MAX_CONFIG_BYTES
+) -> str:
+    """The UTF-8 text of `file`, refused before it is read whole when over `max_bytes`.
+
+    Raises:
+        ConfigError: the file is larger than `max_bytes`.
+        OSError, UnicodeDecodeError: it cannot be read, or is not UTF-8 (callers explain).
+    """
+    with open(file, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ConfigError(
+            f"{file}: the {what} is over {max_bytes} bytes, the most fedloom reads. "
+            f"Is it the right file? A {what} is a few kilobytes of text.",
+            value=str(file),
+        )
+    return data.decode("utf-8")
+
+
+def parse_toml(text: str, file: Path, *, what: str = "config file") -> dict[str, Any]:
+    """``tomllib.loads(text)``, refusing first what would take it unbounded time or memory.
+
+    A dotted key of more than `MAX_KEY_PARTS` parts costs tomllib quadratic memory (a
+    200 kB line of ``a.a.a...`` takes gigabytes), and deep nesting exhausts the stack.
+
+    Raises:
+        ConfigError: such a key, or nesting too deep.
+        tomllib.TOMLDecodeError: the text is not TOML (callers explain).
+    """
+    plain = _DOTS.sub(".", _STRINGS.sub('""', text))
+    deepest = max((token.count(".") + 1 for token in _TOKENS.split(plain)), default=0)
+    if deepest > MAX_KEY_PARTS:
+        raise ConfigError(
+            f"{file}: the {what} has a dotted key of {deepest} parts; fedloom reads at most "
+            f"{MAX_KEY_PARTS}. Use [section] tables instead of long dotted keys.",
+            value=str(file),
+        )
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(
+            f"{file}: the {what} nests arrays or inline tables too deeply to parse. "
+            "Flatten it into [section] tables.",
+            value=str(file),
+        ) from None
 
 
 def config_error(key: str, file: Path, message: str, value: object = None) -> ConfigError:

@@ -30,6 +30,19 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
     fraction_fit = 1.0             # the other keys are the preset's parameters
     [strategy.config]              # optional: sent to every client each round
     local_epochs = 2
+    [strategy.secure_aggregation]  # optional: SecAgg+, the server learns only the sum
+    reconstruction_threshold = 0.6 # the other keys are fedloom.secagg.SecAggPlus's
+    [strategy.privacy]             # optional: central DP (fedloom.privacy.central_dp's keys)
+    noise_multiplier = 1.0         # noise std on the sum, in clip norms
+    clip_norm = 0.5                # fixed clip norm, or the first one with target_quantile
+    target_quantile = 0.5          # optional: adaptive clipping towards this quantile
+    delta = 1e-5                   # privacy.epsilon is reported for this delta
+    calibration = "planned"        # dropouts: divide by the clients sampled, or "actual"
+    [strategy.local_dp]            # optional: DP-SGD on TorchClients (fedloom.strategies.LocalDP)
+    epsilon = 8.0                  # each client's budget over `rounds` fits
+    delta = 1e-5
+    clip_norm = 1.0                # per-example gradient bound
+    rounds = 20                    # default: [run].rounds
 
     [stop]                                    # optional
     target_metric = "central.accuracy"        # with target_value: StopAtMetric
@@ -52,6 +65,10 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
     join_timeout_s = 300      # how long to wait for min_clients
     fit_timeout_s = 600       # each round's deadline
     heartbeat_s = 2           # how often clients beat; three missed beats drop a client
+    max_message_bytes = 4294967296  # largest result a client may upload (bytes; default 4 GiB)
+    upload_quota_bytes = 1073741824 # bytes one client may upload per quota window (default: none)
+    joins_per_client = 30     # joins under one name per quota window (default 30)
+    quota_window_s = 60       # the sliding window the quotas count over (default 60)
 
 Each command reads what it uses (`Role`): ``simulate`` needs ``[clients].app`` and
 ``num_clients``; ``server`` needs neither and imports only ``evaluate`` and
@@ -81,13 +98,17 @@ from fedloom._tomlcheck import (
     construct,
     describe,
     lookup,
+    parse_toml,
+    read_config_text,
 )
 from fedloom.aggregators import AGGREGATORS, Aggregator
 from fedloom.core import Partitioner, Weights, WeightsLike
 from fedloom.data import PARTITIONERS
 from fedloom.errors import ConfigError, did_you_mean
+from fedloom.privacy import central_dp
+from fedloom.secagg import SecAggPlus
 from fedloom.server import Callback, EarlyStopping, EvaluateFn, KeepBest, StopAtMetric
-from fedloom.strategies import STRATEGIES, Strategy
+from fedloom.strategies import STRATEGIES, LocalDP, Strategy
 from fedloom.strategies.optimizers import SERVER_OPTIMIZERS, ServerOptimizer
 from fedloom.topology import Topology
 from fedloom.transport.inprocess import ClientFn
@@ -124,6 +145,7 @@ _STOP_KEYS = ("target_metric", "target_value", "patience", "patience_metric", "k
 _SERVER_KEYS = (
     *("address", "min_clients", "max_clients"),
     *("join_timeout_s", "fit_timeout_s", "heartbeat_s"),
+    *("max_message_bytes", "upload_quota_bytes", "joins_per_client", "quota_window_s"),
 )
 
 
@@ -192,6 +214,14 @@ class ServerConfig:
     join_timeout_s: float = 300.0
     fit_timeout_s: float = 600.0
     heartbeat_s: float = 2.0
+    max_message_bytes: int | None = None
+    """Largest result one client may upload; None: the transport's default (4 GiB)."""
+    upload_quota_bytes: int | None = None
+    """Bytes one client may upload per `quota_window_s`; None: no quota."""
+    joins_per_client: int | None = None
+    """Joins under one client name per `quota_window_s`; None: the transport's default (30)."""
+    quota_window_s: float | None = None
+    """The sliding window of the quotas, in seconds; None: the transport's default (60)."""
 
     def __post_init__(self) -> None:
         host, _, port = self.address.rpartition(":")
@@ -202,9 +232,9 @@ class ServerConfig:
                 field="address",
                 value=self.address,
             )
-        for key in ("join_timeout_s", "fit_timeout_s", "heartbeat_s"):
+        for key in ("join_timeout_s", "fit_timeout_s", "heartbeat_s", "quota_window_s"):
             value = getattr(self, key)
-            if not (math.isfinite(value) and value > 0):
+            if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(
                     f"{key} must be a number of seconds > 0, got {value}.",
                     field=key,
@@ -294,7 +324,7 @@ class SimulationConfig:
             num_clients=num_clients,
             rounds=self.run.rounds,
             seed=self.run.seed,
-            strategy=_build_strategy(self.strategy, self.path),
+            strategy=_build_strategy(self.strategy, self.path, rounds=self.run.rounds),
             partitioner=self._partitioner(),
             evaluate_fn=evaluate_fn,
             initial_weights=None if initial_fn is None else _initial(initial_fn, self.path),
@@ -319,7 +349,7 @@ class SimulationConfig:
         return ServerFederation(
             rounds=self.run.rounds,
             seed=self.run.seed,
-            strategy=_build_strategy(self.strategy, self.path),
+            strategy=_build_strategy(self.strategy, self.path, rounds=self.run.rounds),
             evaluate_fn=evaluate_fn,
             initial_weights=None if initial_fn is None else _initial(initial_fn, self.path),
             callbacks=tuple(callbacks),
@@ -392,7 +422,7 @@ def load_config(path: str | Path, *, role: Role = "simulate") -> SimulationConfi
         )
     file = Path(path)
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        data = parse_toml(read_config_text(file), file)
     except FileNotFoundError:
         raise ConfigError(
             f"{file}: no such config file. Check the path (relative to {Path.cwd()}).",
@@ -440,7 +470,7 @@ def load_config(path: str | Path, *, role: Role = "simulate") -> SimulationConfi
         topology=_topology(tables["topology"], tables["clients"], file, role),
     )
     _entry_points(config.clients, file, role)
-    _build_strategy(config.strategy, file)
+    _build_strategy(config.strategy, file, rounds=config.run.rounds)
     if config.data is not None:
         _build_partitioner(config.data, file)
     _build_stop(config.stop, file)
@@ -488,7 +518,7 @@ def _strategy_config(data: Mapping[str, Any] | None, file: Path) -> StrategyConf
                 value,
             )
     parts: dict[str, Mapping[str, Any]] = {}
-    for part in _PARTS:
+    for part in (*_PARTS, *_OPTION_TABLES):
         value = table.data.get(part)
         if value is None:
             continue
@@ -501,7 +531,7 @@ def _strategy_config(data: Mapping[str, Any] | None, file: Path) -> StrategyConf
                 value,
             )
         parts[part] = value
-    skip = ("name", "config", *_PARTS)
+    skip = ("name", "config", *_PARTS, *_OPTION_TABLES)
     params = {k: v for k, v in table.data.items() if k not in skip}
     return StrategyConfig(name=name, params=params, config=config, parts=parts)
 
@@ -514,7 +544,7 @@ def _data_config(data: Mapping[str, Any] | None, file: Path) -> DataConfig | Non
     return DataConfig(partitioner=name, params=params)
 
 
-def _build_strategy(config: StrategyConfig, file: Path) -> Strategy:
+def _build_strategy(config: StrategyConfig, file: Path, *, rounds: int = 1) -> Strategy:
     preset = lookup(config.name, STRATEGIES, "strategy", "[strategy].name", file)
     params = check_params(preset, config.params, "[strategy]", file, skip=("config",))
     extra: dict[str, Any] = {}
@@ -528,11 +558,62 @@ def _build_strategy(config: StrategyConfig, file: Path) -> Strategy:
             )
         extra["config"] = dict(config.config)
     strategy: Strategy = construct(preset, params, "[strategy]", file, **extra)
-    replacements = {part: _build_part(part, table, file) for part, table in config.parts.items()}
-    return dataclasses.replace(strategy, **replacements) if replacements else strategy
+    replacements = {
+        part: _build_part(part, table, file)
+        for part, table in config.parts.items()
+        if part in _PARTS
+    }
+    secure = config.parts.get("secure_aggregation")
+    if secure is not None:
+        replacements["secure_aggregation"] = _build_secure_aggregation(secure, file)
+    if replacements:
+        try:
+            strategy = dataclasses.replace(strategy, **replacements)
+        except ConfigError as exc:  # a combination the strategy refuses
+            key = "[strategy.secure_aggregation]" if secure is not None else "[strategy]"
+            raise config_error(key, file, str(exc), exc.value) from exc
+    return _with_privacy(strategy, config.parts, file, rounds=rounds)
+
+
+def _with_privacy(
+    strategy: Strategy, parts: Mapping[str, Mapping[str, Any]], file: Path, *, rounds: int
+) -> Strategy:
+    """`strategy` with ``[strategy.privacy]`` (central DP) and ``[strategy.local_dp]`` (DP-SGD).
+
+    ``[strategy.privacy]`` holds `fedloom.privacy.central_dp`'s parameters;
+    ``[strategy.local_dp]`` those of `fedloom.strategies.LocalDP`, whose ``rounds``
+    defaults to ``[run].rounds``.
+    """
+    for table in ("privacy", "local_dp"):
+        data = parts.get(table)
+        if data is None:
+            continue
+        section = f"[strategy.{table}]"
+        if table == "privacy":
+            params = check_params(central_dp, dict(data), section, file)
+            change: dict[str, Any] = {"privacy": construct(central_dp, params, section, file)}
+        else:
+            params = {"rounds": rounds, **check_params(LocalDP, dict(data), section, file)}
+            local = construct(LocalDP, params, section, file)
+            change = {"plugins": (*strategy.plugins, local)}
+        try:
+            strategy = dataclasses.replace(strategy, **change)
+        except ConfigError as exc:  # a combination the strategy refuses
+            raise config_error(section, file, str(exc), exc.value) from exc
+    return strategy
 
 
 _PARTS = ("aggregator", "server_opt")
+_OPTION_TABLES = ("secure_aggregation", "privacy", "local_dp")
+"""``[strategy.<option>]`` tables of keyword arguments (no ``name``) for a strategy field."""
+
+
+def _build_secure_aggregation(data: Mapping[str, Any], file: Path) -> SecAggPlus:
+    """`SecAggPlus` from ``[strategy.secure_aggregation]`` (its keys are its parameters)."""
+    section = "[strategy.secure_aggregation]"
+    params = check_params(SecAggPlus, dict(data), section, file)
+    secure: SecAggPlus = construct(SecAggPlus, params, section, file)
+    return secure
 
 
 def _build_part(part: str, data: Mapping[str, Any], file: Path) -> Any:
@@ -634,7 +715,9 @@ def _server_config(data: Mapping[str, Any], file: Path) -> ServerConfig:
         "address": table.get("address", "str"),
         "min_clients": table.get("min_clients", "int", minimum=1),
         "max_clients": table.get("max_clients", "int", minimum=1),
-        **{key: table.get(key, "float") for key in _SERVER_KEYS[3:]},
+        **{key: table.get(key, "float") for key in _SERVER_KEYS[3:6]},
+        **{key: table.get(key, "int", minimum=1) for key in _SERVER_KEYS[6:9]},
+        "quota_window_s": table.get("quota_window_s", "float"),
     }
     given = {key: value for key, value in values.items() if value is not None}
     server: ServerConfig = construct(ServerConfig, given, "[server]", file)

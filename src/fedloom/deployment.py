@@ -25,8 +25,10 @@ from fedloom.transport.codec import write_atomic
 from fedloom.transport.grpc.channel import GrpcChannel
 from fedloom.transport.grpc.client import Backoff, ClientRuntime
 from fedloom.transport.grpc.fleet import Fleet
+from fedloom.transport.grpc.quotas import Quotas
 from fedloom.transport.grpc.security import TlsConfig, Tokens
 from fedloom.transport.grpc.service import start_server
+from fedloom.transport.grpc.wire import Limits
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -59,6 +61,8 @@ def serve(
     recording: Recording | None = None,
     on_connected: Callable[[Callable[[], list[str]]], None] | None = None,
     package: str | Path | None = None,
+    limits: Limits | None = None,
+    quotas: Quotas | None = None,
 ) -> RunResult:
     """Listen on `address`, wait for `min_clients`, and run `rounds` rounds over gRPC.
 
@@ -85,6 +89,8 @@ def serve(
             its last recorded round (clients that were connected reconnect by themselves).
         package: a compute package (``fedloom package build``) handed to clients that
             ask for one (`connect_package`); it is checked before the server starts.
+        limits: what the server accepts in one result (default `Limits()`).
+        quotas: per-client upload and join quotas (default `Quotas()`).
 
     Raises:
         ConnectError: fewer than `min_clients` joined within `join_timeout_s`.
@@ -104,8 +110,15 @@ def serve(
     recorder, resume = (
         (None, None) if recording is None else recording.begin(roster=lambda: _roster(fleet))
     )
-    running = start_server(fleet, address=address, tls=tls, tokens=tokens)
-    running = start_server(fleet, address=address, tls=tls, tokens=tokens, package=offer)
+    running = start_server(
+        fleet,
+        address=address,
+        tls=tls,
+        tokens=tokens,
+        limits=limits,
+        quotas=quotas,
+        package=offer,
+    )
     try:
         if on_ready is not None:
             on_ready(running.port)

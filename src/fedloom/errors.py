@@ -6,6 +6,8 @@
     ├── ConfigError (ValueError)      a parameter, TOML key or combination is invalid
     ├── ProtocolError                 a peer broke the message contract
     │   ├── DecodeError               bytes that do not parse as the expected message
+    │   ├── ReplayedMessage           a message bound to another run, round or client
+    │   ├── QuotaExceeded             a peer sent more, or joined more often, than allowed
     │   └── InvalidResult             a result that does not match the global model
     │       └── ShapeMismatch         a tensor with the wrong name, shape or dtype
     ├── TransportError                the channel to a peer failed
@@ -17,7 +19,10 @@
     ├── AggregationError              results could not be combined
     │   └── NotEnoughResults
     ├── PrivacyError
-    │   └── BudgetExhausted
+    │   ├── BudgetExhausted
+    │   └── SecAggAborted             secure aggregation stopped before revealing anything
+    │       ├── StageOrderError       a stage message out of order, repeated, or of another round
+    │       └── StageTimeout          a stage did not come within its deadline
     └── StoreError                    the run store cannot be used
         ├── StoreUnreachable          its database cannot be reached
         └── CorruptState              a recorded file or row fails its checksum
@@ -47,7 +52,12 @@ __all__ = [
     "PackageError",
     "PrivacyError",
     "ProtocolError",
+    "QuotaExceeded",
+    "ReplayedMessage",
+    "SecAggAborted",
     "ShapeMismatch",
+    "StageOrderError",
+    "StageTimeout",
     "StoreError",
     "StoreUnreachable",
     "TransportError",
@@ -89,6 +99,28 @@ class ProtocolError(FedloomError):
 
 class DecodeError(ProtocolError):
     """Bytes that do not decode as the expected message."""
+
+
+class ReplayedMessage(ProtocolError):
+    """A result that does not answer the task it names for this run, round and caller.
+
+    A copy of an earlier result, one sent for another client, or one from another run
+    (a replay) is refused: the sender's task fails and the round goes on.
+    """
+
+
+class QuotaExceeded(ProtocolError):
+    """A peer went over a configured quota (bytes uploaded, joins per window).
+
+    Attributes:
+        retry_after_s: how long until the quota allows the request again, when known.
+    """
+
+    def __init__(
+        self, message: str, *, client_id: str | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, client_id=client_id)
+        self.retry_after_s = retry_after_s
 
 
 class InvalidResult(ProtocolError):
@@ -211,3 +243,29 @@ class CorruptState(StoreError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class SecAggAborted(PrivacyError):
+    """Secure aggregation stopped a round rather than reveal more than the sum.
+
+    Raised by the server when too few shares came back to unmask, and by an honest
+    client when the server's request is inconsistent (a peer marked both dropped and
+    alive, too few survivors, keys of someone who is not a neighbour).
+
+    Attributes:
+        stage: the protocol stage ("setup", "share_keys", "masked_input", "unmask").
+        client_id: the client concerned, when known.
+    """
+
+    def __init__(self, message: str, *, stage: str, client_id: str | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.client_id = client_id
+
+
+class StageOrderError(SecAggAborted):
+    """A secure-aggregation message came out of order, twice, or for another round."""
+
+
+class StageTimeout(SecAggAborted):
+    """A secure-aggregation stage did not come within its deadline."""

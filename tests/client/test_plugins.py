@@ -26,12 +26,14 @@ from fedloom.client.plugins import (
 )
 from fedloom.core import Config, FitRes, Vector, Weights
 from fedloom.errors import ConfigError, ShapeMismatch
+from fedloom.privacy.local import DPSGDBudget
 from fedloom.strategies import Strategy
 from fedloom.strategies.plugins import (
     Elastic,
     FedNova,
     FedProx,
     Lasso,
+    LocalDP,
     LocalOptimizer,
     Ridge,
 )
@@ -81,6 +83,7 @@ def test_parse_plugins_reads_what_the_server_halves_send() -> None:
             LocalOptimizer(kind="momentum", lr=0.05, momentum=0.5),
             FedNova(),
             Elastic(),
+            LocalDP(epsilon=4.0, delta=1e-6, clip_norm=0.5, rounds=3),
         )
     )
     weights = Weights({"w": [0.0, 0.0]})
@@ -91,6 +94,7 @@ def test_parse_plugins_reads_what_the_server_halves_send() -> None:
     assert set(plugins.names) == set(KNOWN_PLUGINS) - {"scaffold"}
     assert (plugins.fedprox_mu, plugins.ridge_strength, plugins.lasso_strength) == (0.1, 0.2, 0.3)
     assert plugins.optimizer == OptimizerChoice(kind="momentum", lr=0.05, momentum=0.5)
+    assert plugins.dpsgd == DPSGDBudget(epsilon=4.0, delta=1e-6, clip_norm=0.5, rounds=3)
 
 
 def test_parse_plugins_unknown_name_lists_the_known_ones() -> None:

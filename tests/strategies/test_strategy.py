@@ -405,6 +405,8 @@ def test_strategy_get_config_lists_every_part() -> None:
         "config": {"epochs": 2},
         "plugins": [],
         "schedule": {"name": "Sync"},
+        "privacy": None,
+        "secure_aggregation": None,
     }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fedloom.core import Failure, FitIns, FitRes, GetWeightsIns, Weights
-from fedloom.errors import ConfigError
+from fedloom.errors import ConfigError, ReplayedMessage
 from fedloom.transport.grpc.channel import GrpcChannel
 from fedloom.transport.grpc.fleet import Fleet, Replies
 
@@ -81,9 +81,10 @@ def test_fleet_result_for_another_clients_task_is_refused() -> None:
     pending = fleet.send("a", GetWeightsIns(), expected=None, replies=replies)
     assert pending is not None
 
-    claim = fleet.claim(pending.task_id, b.session_id)
+    with pytest.raises(ReplayedMessage, match="which was sent to another client") as caught:
+        fleet.claim(pending.task_id, b.session_id)
 
-    assert claim == f"task {pending.task_id[:8]} was sent to another client"
+    assert caught.value.client_id == "b"
     assert fleet.claim(pending.task_id, a.session_id) is pending
 
 
@@ -96,7 +97,7 @@ def test_fleet_late_result_is_refused_after_the_deadline_expired_its_task() -> N
 
     fleet.expire(pending, "missed the deadline")
 
-    assert "is not awaited" in str(fleet.claim(pending.task_id, a.session_id))
+    assert "late: it failed or expired" in str(fleet.claim(pending.task_id, a.session_id))
     assert not fleet.deliver(pending, Failure(client_id="a", reason="x"), holds_upload=False)
     _, reply, _ = replies.get_nowait()
     assert isinstance(reply, Failure)

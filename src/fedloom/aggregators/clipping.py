@@ -17,23 +17,9 @@ from fedloom.aggregators.base import Aggregator, Fold
 from fedloom.aggregators.mean import _MeanFold
 from fedloom.core import Vector
 from fedloom.errors import ConfigError
+from fedloom.privacy.clipping import l2_norm
 
 __all__ = ["ClippedMean"]
-
-
-def _l2_norm(update: Vector) -> float:
-    """``||update||_2`` accumulated in float64, without overflow for any finite update.
-
-    `numpy.einsum` casts chunk by chunk in one pass and runs on the calling thread: no
-    float64 copy of the update, and no wait for BLAS threads on a busy server.
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        squares = float(np.einsum("i,i->", update, update, dtype=np.float64))
-    if math.isfinite(squares):
-        return math.sqrt(squares)
-    largest = float(np.max(np.abs(update)))  # float64 squares overflowed: scale first
-    scaled = update / largest
-    return largest * math.sqrt(float(np.einsum("i,i->", scaled, scaled)))
 
 
 class _ClippedMeanFold:
@@ -49,7 +35,7 @@ class _ClippedMeanFold:
         return self._mean.count
 
     def add(self, update: Vector, weight: float) -> None:
-        norm = _l2_norm(update)
+        norm = l2_norm(update)
         if norm > self._clip_norm:
             # _MeanFold.add folds the update into its sum at once and keeps no reference,
             # so one scratch buffer serves every clipped update of the round.

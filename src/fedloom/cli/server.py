@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
                 None if board is None else functools.partial(board.show_connected, recording.run_id)
             ),
             package=args.package,
+            **_protection(settings),
         )
     except (ConfigError, PackageError) as exc:
         return fail(exc, status=2)
@@ -211,6 +212,23 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
     summarize(result, folder, federation.keep_best)
     return 0
+
+
+def _protection(settings: ServerConfig) -> dict[str, Any]:
+    """``serve``'s `limits` and `quotas` from ``[server]`` (absent keys keep their defaults)."""
+    from fedloom.transport.grpc.quotas import Quotas
+    from fedloom.transport.grpc.wire import Limits
+
+    quotas: dict[str, Any] = {
+        "upload_bytes": settings.upload_quota_bytes,
+        "joins_per_client": settings.joins_per_client,
+        "window_s": settings.quota_window_s,
+    }
+    given = {key: value for key, value in quotas.items() if value is not None}
+    limits = None
+    if settings.max_message_bytes is not None:
+        limits = Limits(max_message_bytes=settings.max_message_bytes)
+    return {"limits": limits, "quotas": Quotas(**given)}
 
 
 def _with_flags(config: SimulationConfig, args: argparse.Namespace) -> SimulationConfig:

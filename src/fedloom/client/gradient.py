@@ -131,6 +131,14 @@ class GradientClient:
         tensors: Mapping[str, Vector],
         state: Mapping[str, Vector],
     ) -> tuple[FitRes, dict[str, Vector]]:
+        if plugins.dpsgd is not None:
+            raise ConfigError(
+                "the dpsgd plug-in (local DP) trains with Opacus' DP-SGD on a torch model, "
+                "which a GradientClient is not. Use a TorchClient, or drop LocalDP from the "
+                "strategy's plug-ins.",
+                field="plugins",
+                value="dpsgd",
+            )
         steps = _steps(config.get("local_steps", self.local_steps), "local_steps")
         choice = plugins.optimizer or OptimizerChoice(
             kind="sgd", lr=_learning_rate(config.get("lr", self.lr), "lr")

@@ -20,6 +20,8 @@ Plug-ins and the term each adds to a local gradient ``g`` of weights ``w``:
 - ``scaffold`` (Karimireddy et al. 2020, option II): ``c - c_i``.
 - ``optimizer``: no term; it replaces the client's local optimizer for the fit.
 - ``fednova`` (Wang et al. 2020) and ``elastic`` (Chen et al. 2023): no term; they report.
+- ``dpsgd`` (local DP): no term; `TorchClient` trains with DP-SGD through Opacus
+  (`fedloom.privacy.dpsgd`) under the budget in ``LocalPlugins.dpsgd``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from numpy.typing import NDArray
 
 from fedloom.core import Config, Scalar, Vector
 from fedloom.errors import ConfigError, ProtocolError, ShapeMismatch, did_you_mean
+from fedloom.privacy.local import DPSGDBudget
 
 __all__ = [
     "KNOWN_PLUGINS",
@@ -49,6 +52,7 @@ __all__ = [
 ]
 
 KNOWN_PLUGINS: tuple[str, ...] = (
+    "dpsgd",
     "elastic",
     "fednova",
     "fedprox",
@@ -122,6 +126,7 @@ class LocalPlugins:
         ridge_strength: the L2 strength (``config["ridge.strength"]``).
         lasso_strength: the L1 strength (``config["lasso.strength"]``).
         optimizer: the local optimizer the server chose, or None to keep the client's own.
+        dpsgd: the local DP budget (``config["dpsgd.*"]``), or None without local DP.
     """
 
     names: tuple[str, ...] = ()
@@ -129,6 +134,7 @@ class LocalPlugins:
     ridge_strength: float = 0.0
     lasso_strength: float = 0.0
     optimizer: OptimizerChoice | None = None
+    dpsgd: DPSGDBudget | None = None
 
     @property
     def scaffold(self) -> bool:
@@ -391,6 +397,7 @@ def parse_plugins(config: Config) -> LocalPlugins:
         ridge_strength=_number(config, "ridge.strength") if "ridge" in names else 0.0,
         lasso_strength=_number(config, "lasso.strength") if "lasso" in names else 0.0,
         optimizer=_optimizer(config) if "optimizer" in names else None,
+        dpsgd=_dpsgd(config) if "dpsgd" in names else None,
     )
     if plugins.optimizer is not None:
         plugins.check_optimizer(plugins.optimizer)
@@ -423,6 +430,27 @@ def _optimizer(config: Config) -> OptimizerChoice:
                 value=momentum,
             )
     return OptimizerChoice(kind=str(kind), lr=lr, momentum=momentum)
+
+
+def _dpsgd(config: Config) -> DPSGDBudget:
+    """The local DP budget the server sent (``dpsgd.epsilon``, ``.delta``, ``.clip_norm``, ...)."""
+    rounds = _number(config, "dpsgd.rounds")
+    if not rounds.is_integer():
+        raise ConfigError(
+            f'config["dpsgd.rounds"] must be a whole number of fits, got {rounds}.',
+            field="dpsgd.rounds",
+            value=rounds,
+        )
+    try:
+        return DPSGDBudget(
+            epsilon=_number(config, "dpsgd.epsilon"),
+            delta=_number(config, "dpsgd.delta"),
+            clip_norm=_number(config, "dpsgd.clip_norm"),
+            rounds=int(rounds),
+        )
+    except ConfigError as exc:  # name the config key it came from
+        key = f"dpsgd.{exc.field}"
+        raise ConfigError(f'config["{key}"]: {exc}', field=key, value=exc.value) from exc
 
 
 def _number(config: Config, key: str) -> float:

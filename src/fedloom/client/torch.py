@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import torch
@@ -28,6 +28,10 @@ from fedloom.client.plugins import (
 )
 from fedloom.core import Config, EvaluateRes, FitRes, Scalar, Vector, VectorSpec, Weights
 from fedloom.errors import ConfigError
+from fedloom.privacy.local import DPSGDBudget, history_from_vector, history_to_vector
+
+if TYPE_CHECKING:
+    from fedloom.privacy.dpsgd import PrivateTraining
 
 __all__ = ["Batches", "OptimizerFactory", "TorchClient"]
 
@@ -171,6 +175,9 @@ class TorchClient:
             plugins.check_optimizer(choice)
             local = plugins.begin(weights.flat, tensors, state)
             hooks = _PluginHooks(self.model, weights.spec, plugins, local, choice)
+        private = None
+        if plugins is not None and plugins.dpsgd is not None:
+            private = self._private(optimizer, plugins.dpsgd, epochs, state)
         generator = torch.Generator().manual_seed(seed)
         self.model.train()
         total_loss, total_examples, steps = 0.0, 0, 0
@@ -181,7 +188,10 @@ class TorchClient:
             torch.default_generator.manual_seed(seed)
             if self.device.type == "cuda":
                 torch.cuda.manual_seed(seed)
-            for _ in range(epochs):
+            if private is not None:
+                with private:
+                    total_loss, total_examples, steps = self._train_private(private, hooks)
+            for _ in range(epochs if private is None else 0):
                 total_loss, total_examples = 0.0, 0
                 for inputs, targets in self._batches(self.train_data, generator, shuffle=True):
                     optimizer.zero_grad(set_to_none=True)
@@ -198,13 +208,72 @@ class TorchClient:
         if hooks is None:
             return FitRes(trained, _num_examples(self.train_data), metrics), dict(state)
         outputs = hooks.finish(trained.flat, steps=steps)
+        kept = outputs.state
+        if private is not None:  # what this client has spent, reported and kept
+            metrics["dpsgd.epsilon"] = private.plan.epsilon
+            metrics["dpsgd.noise_multiplier"] = private.plan.noise_multiplier
+            kept = {**kept, "dpsgd.history": history_to_vector(private.plan.history)}
         result = FitRes(
             trained,
             _num_examples(self.train_data),
             {**metrics, **outputs.metrics},
             outputs.tensors,
         )
-        return result, outputs.state
+        return result, kept
+
+    def _private(
+        self,
+        optimizer: torch.optim.Optimizer,
+        budget: DPSGDBudget,
+        epochs: int,
+        state: Mapping[str, Vector],
+    ) -> PrivateTraining:
+        """DP-SGD for this fit (the ``dpsgd`` plug-in): the plan after the kept history."""
+        from fedloom.privacy.dpsgd import PrivateTraining, check_model  # fedloom[privacy]
+
+        check_model(self.model)  # before the noise search: a refused model fails fast
+        history = state.get("dpsgd.history")
+        num_examples = _num_examples(self.train_data)
+        if isinstance(self.train_data, DataLoader):  # Opacus' rate for a loader: 1 / batches
+            batch_size = max(1, num_examples // max(len(self.train_data), 1))
+        else:
+            batch_size = self.batch_size
+        plan = budget.plan(
+            num_examples=num_examples,
+            batch_size=batch_size,
+            epochs=epochs,
+            history=() if history is None else history_from_vector(history),
+        )
+        reduction = str(getattr(self.loss_fn, "reduction", "mean"))
+        return PrivateTraining(self.model, optimizer, plan, loss_reduction=reduction)
+
+    def _train_private(
+        self, private: PrivateTraining, hooks: _PluginHooks | None
+    ) -> tuple[float, int, int]:
+        """The DP-SGD steps of a fit: total loss, examples seen, steps."""
+        total_loss, total_examples, steps = 0.0, 0, 0
+        for inputs, targets in self._private_batches(private):
+            private.zero_grad()
+            loss = self.loss_fn(private.model(inputs), targets)
+            private.backward(loss)
+            private.step(None if hooks is None else hooks.after_backward)
+            steps += 1
+            if len(targets):  # a Poisson batch may be empty: no loss to count
+                total_loss += float(loss.detach()) * len(targets)
+                total_examples += len(targets)
+        return total_loss, total_examples, steps
+
+    def _private_batches(
+        self, private: PrivateTraining
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not isinstance(self.train_data, DataLoader):
+            inputs, targets = self.train_data
+            for indices in private.batches(len(targets)):
+                chosen = indices.to(self.device)
+                yield inputs[chosen], targets[chosen]
+            return
+        for batch_inputs, batch_targets in private.loader_batches(self.train_data):
+            yield batch_inputs.to(self.device), batch_targets.to(self.device)
 
     def evaluate(self, weights: Weights, config: Config) -> EvaluateRes:
         if self.test_data is None:

@@ -4,6 +4,8 @@ In a terminal, `ProgressBar` shows a ``rich`` bar whose description holds the
 round and a few metrics, and prints a plain line per round above it. Where
 output is not a terminal (pipes, CI logs, pytest), the bar is off and only the
 plain lines are printed, e.g. ``round 3/20  central.accuracy=0.9250  central.loss=0.2711``.
+A run with differential privacy always shows the epsilon spent so far
+(``privacy.epsilon``, ``privacy.local_epsilon``) after the other metrics.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ __all__ = ["ProgressBar", "format_metrics"]
 
 _PREFIX_ORDER = ("central.", "evaluate.", "fit.")
 _NAME_ORDER = ("accuracy", "loss")
+_ALWAYS = ("privacy.epsilon", "privacy.local_epsilon")
+"""Shown whenever recorded, beyond `limit`: what a private run has spent."""
 
 
 def format_metrics(
@@ -33,7 +37,8 @@ def format_metrics(
     """``key=value`` pairs of the numeric metrics, most telling first.
 
     Without `keys`, central metrics come before federated evaluation and training
-    ones, and accuracy and loss before the rest; at most `limit` are shown.
+    ones, and accuracy and loss before the rest; at most `limit` are shown, plus
+    the privacy budget spent (``privacy.epsilon``, ``privacy.local_epsilon``) when recorded.
 
     Args:
         metrics: a round's metrics.
@@ -52,6 +57,7 @@ def format_metrics(
     chosen = [key for key in keys if key in numeric] if keys is not None else _ranked(numeric)
     if keys is None:
         chosen = chosen[:limit]
+        chosen += [key for key in _ALWAYS if key in numeric and key not in chosen]
     return "  ".join(f"{key}={_number(numeric[key])}" for key in chosen)
 
 

@@ -64,7 +64,7 @@ class PullRequest(_message.Message):
     def __init__(self, session: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("schema", "task_id", "kind", "session", "config", "weights_bytes", "tensors_bytes", "num_examples", "loss", "metrics", "error")
+    __slots__ = ("schema", "task_id", "kind", "session", "config", "weights_bytes", "tensors_bytes", "num_examples", "loss", "metrics", "error", "run_id", "server_round")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,8 @@ class Header(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ROUND_FIELD_NUMBER: _ClassVar[int]
     schema: int
     task_id: str
     kind: str
@@ -101,7 +103,9 @@ class Header(_message.Message):
     loss: float
     metrics: _containers.MessageMap[str, Scalar]
     error: str
-    def __init__(self, schema: _Optional[int] = ..., task_id: _Optional[str] = ..., kind: _Optional[str] = ..., session: _Optional[str] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., weights_bytes: _Optional[int] = ..., tensors_bytes: _Optional[int] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, Scalar]] = ..., error: _Optional[str] = ...) -> None: ...
+    run_id: str
+    server_round: int
+    def __init__(self, schema: _Optional[int] = ..., task_id: _Optional[str] = ..., kind: _Optional[str] = ..., session: _Optional[str] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., weights_bytes: _Optional[int] = ..., tensors_bytes: _Optional[int] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, Scalar]] = ..., error: _Optional[str] = ..., run_id: _Optional[str] = ..., server_round: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("header", "data", "sha256")

@@ -18,7 +18,10 @@ class RoundRecord:
 
     Metric keys are namespaced: ``fit.*`` (clients' training metrics),
     ``evaluate.*`` (federated evaluation, example-weighted, with
-    ``evaluate.loss``) and ``central.*`` (the server-side evaluation function).
+    ``evaluate.loss``), ``central.*`` (the server-side evaluation function) and
+    ``privacy.*`` (differential privacy: ``privacy.epsilon`` spent so far at
+    ``privacy.delta`` under central DP, ``privacy.local_epsilon`` the largest a
+    client reported under local DP).
     Round 0 holds only the central evaluation of the initial weights.
     """
 

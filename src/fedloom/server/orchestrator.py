@@ -23,6 +23,7 @@ from fedloom.core import (
     Config,
     EvaluateRes,
     Failure,
+    FitIns,
     FitRes,
     GetWeightsIns,
     Metrics,
@@ -243,6 +244,7 @@ class Orchestrator:
         available = self._channel.clients()
         failures: dict[ClientId, str] = {}
         results: Iterator[FitResult]
+        secure_tasks: dict[ClientId, FitIns] | None = None
         if self._buffer is None:
             rng = generator(self._seed, "round", server_round)
             tasks = self._strategy.configure_fit(server_round, state, available, rng)
@@ -251,13 +253,18 @@ class Orchestrator:
                 for cid, ins in tasks.items()
             }
             self._dispatched = time.perf_counter()
-            replies = self._channel.run(tasks, timeout_s=self._fit_timeout_s)
-            results = self._checked_fits(server_round, state.weights, replies, failures)
+            if self._strategy.secure_aggregation is not None:
+                secure_tasks, results = tasks, iter(())  # the stages run in _secure_fit
+            else:
+                replies = self._channel.run(tasks, timeout_s=self._fit_timeout_s)
+                results = self._checked_fits(server_round, state.weights, replies, failures)
             awaited = f"sampled {len(tasks)} clients"
+            planned = len(tasks)
         else:
             self._dispatched = time.perf_counter()
             results = self._buffer.results(server_round, state, failures)
-            awaited = f"awaited {self._strategy.schedule.buffer_size} results"  # type: ignore[union-attr]
+            planned = self._strategy.schedule.buffer_size  # type: ignore[union-attr]
+            awaited = f"awaited {planned} results"
         num_results = 0
 
         def counted(source: Iterator[FitResult]) -> Iterator[FitResult]:
@@ -280,9 +287,19 @@ class Orchestrator:
             fault_point("aggregation", server_round)
 
         try:
-            state, fit_metrics = self._strategy.aggregate_fit(
-                server_round, state, counted(results), num_available=len(available)
-            )
+            if secure_tasks is not None:
+                state, fit_metrics, num_results = self._secure_fit(
+                    server_round, state, secure_tasks, failures, num_available=len(available)
+                )
+            else:
+                state, fit_metrics = self._strategy.aggregate_fit(
+                    server_round,
+                    state,
+                    counted(results),
+                    num_available=len(available),
+                    num_sampled=planned,
+                    rng=generator(self._seed, "privacy", server_round),
+                )
         except NotEnoughResults as exc:
             summary = "; ".join(f"'{cid}': {why}" for cid, why in failures.items())
             raise NotEnoughResults(
@@ -292,6 +309,7 @@ class Orchestrator:
                 + (f" Failures: {summary}." if summary else ""),
             ) from exc
         metrics: dict[str, Scalar] = {f"fit.{k}": v for k, v in fit_metrics.items()}
+        metrics.update(self._strategy.privacy_metrics(state))  # epsilon spent so far, ...
         if self._buffer is not None and self._buffer.staleness:
             metrics["staleness.mean"] = sum(self._buffer.staleness) / len(self._buffer.staleness)
             metrics["staleness.max"] = max(self._buffer.staleness)
@@ -311,6 +329,43 @@ class Orchestrator:
             duration_s=time.perf_counter() - started,
         )
         return state, record
+
+    def _secure_fit(
+        self,
+        server_round: int,
+        state: StrategyState,
+        tasks: dict[ClientId, FitIns],
+        failures: dict[ClientId, str],
+        *,
+        num_available: int,
+    ) -> tuple[StrategyState, Metrics, int]:
+        """Run the round's fit tasks through SecAgg+; the new state from the unmasked sum."""
+        from fedloom.secagg.server import run_secure_round  # loads cryptography when used
+
+        assert self._strategy.secure_aggregation is not None
+        secure = run_secure_round(
+            self._channel,
+            tasks,
+            self._strategy.secure_aggregation,
+            server_round=server_round,
+            rng=generator(self._seed, "secagg", server_round),
+            fit_timeout_s=self._fit_timeout_s,
+            weighted=self._strategy.weighted_sum,
+            clip_norm=None if state.privacy is None else state.privacy.clip_norm,
+        )
+        failures.update(secure.failures)
+        new_state, metrics = self._strategy.aggregate_sum(
+            server_round,
+            state,
+            total=secure.total,
+            total_weight=secure.total_weight,
+            count=secure.count,
+            count_within_clip=secure.count_within_clip,
+            num_available=num_available,
+            num_sampled=len(tasks),
+            rng=generator(self._seed, "privacy", server_round),
+        )
+        return new_state, metrics, secure.count
 
     def _checked_fits(
         self,

@@ -23,12 +23,14 @@ import numpy as np
 from fedloom.aggregators.mean import WeightedMean
 from fedloom.core import Scalar, Vector
 from fedloom.errors import ConfigError, InvalidResult, did_you_mean
+from fedloom.privacy.local import DPSGDBudget
 
 __all__ = [
     "Elastic",
     "FedNova",
     "FedProx",
     "Lasso",
+    "LocalDP",
     "LocalOptimizer",
     "Plugin",
     "PluginRound",
@@ -89,6 +91,10 @@ class Plugin(ABC):
     ) -> PluginRound:
         """Begin aggregating one round."""
         return PluginRound()
+
+    def metrics(self, state: Mapping[str, Vector]) -> dict[str, Scalar]:
+        """Round metrics the plug-in reads from its server state (recorded as they are)."""
+        return {}
 
 
 def _positive(value: float, name: str, hint: str) -> None:
@@ -369,3 +375,73 @@ class _ElasticRound(PluginRound):
         peak = float(omega.max()) if omega.size else 0.0
         zeta = (1.0 + self._tau) - (omega / peak if peak > 0 else omega * 0)
         return update * zeta.astype(update.dtype, copy=False), {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalDP(Plugin):
+    """Local differential privacy: DP-SGD on every client, through Opacus (declearn's local DP).
+
+    Each client trains with per-example clipping to `clip_norm`, Gaussian noise and
+    Poisson sampling, the noise calibrated so that `rounds` fits spend at most
+    ``(epsilon, delta)`` by Opacus' accountant (`fedloom.privacy.local`). Every client
+    reports the epsilon it has spent (metric ``dpsgd.epsilon``, required); the round
+    records the largest any client has reported so far as ``privacy.local_epsilon``.
+    A client asked for more fits than `rounds` refuses (its task fails, the run goes on).
+    Only `TorchClient` applies it.
+
+    Args:
+        epsilon: each client's budget over its whole training, > 0.
+        delta: the budget's delta, in (0, 1).
+        clip_norm: the per-example gradient bound, > 0.
+        rounds: the most fits a client runs under the budget (usually the run's rounds).
+    """
+
+    name: ClassVar[str] = "dpsgd"
+    required_metrics: ClassVar[tuple[str, ...]] = ("dpsgd.epsilon",)
+    epsilon: float
+    delta: float = 1e-5
+    clip_norm: float = 1.0
+    rounds: int = 1
+
+    def __post_init__(self) -> None:
+        DPSGDBudget(
+            epsilon=self.epsilon, delta=self.delta, clip_norm=self.clip_norm, rounds=self.rounds
+        )
+
+    def start_round(
+        self,
+        state: Mapping[str, Vector],
+        *,
+        dim: int,
+        dtype: np.dtype[np.floating],
+        num_available: int,
+    ) -> PluginRound:
+        previous = state.get("dpsgd.epsilon_max")
+        return _LocalDPRound(0.0 if previous is None else float(previous[0]))
+
+    def metrics(self, state: Mapping[str, Vector]) -> dict[str, Scalar]:
+        spent = state.get("dpsgd.epsilon_max")
+        if spent is None:
+            return {}
+        return {"privacy.local_epsilon": float(spent[0]), "privacy.local_delta": self.delta}
+
+
+@dataclass
+class _LocalDPRound(PluginRound):
+    largest: float
+
+    def add(
+        self,
+        update: Vector,
+        weight: float,
+        *,
+        tensors: Mapping[str, Vector],
+        metrics: Mapping[str, Scalar],
+    ) -> tuple[Vector, float]:
+        spent = metrics.get("dpsgd.epsilon")  # checked finite by the orchestrator
+        if isinstance(spent, int | float) and not isinstance(spent, bool):
+            self.largest = max(self.largest, float(spent))
+        return update, weight
+
+    def finish(self, update: Vector) -> tuple[Vector, dict[str, Vector]]:
+        return update, {"dpsgd.epsilon_max": np.array([self.largest])}

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.aggregators import Aggregator, WeightedMean
+from fedloom.aggregators import Aggregator, Fold, Mean, WeightedMean
 from fedloom.core import (
     ClientId,
     Config,
@@ -25,6 +25,8 @@ from fedloom.core import (
     weighted_average,
 )
 from fedloom.errors import ConfigError, NotEnoughResults
+from fedloom.privacy import CentralDP, DPFold, PrivacyState
+from fedloom.secagg import SecAggPlus
 from fedloom.strategies.optimizers import SGD, OptimizerState, ServerOptimizer
 from fedloom.strategies.plugins import LocalOptimizer, Plugin
 from fedloom.strategies.samplers import All, Sampler
@@ -55,6 +57,8 @@ class StrategyState:
     weights: Weights
     optimizer: OptimizerState = field(default_factory=dict)
     plugins: Mapping[str, Vector] = field(default_factory=dict)
+    privacy: PrivacyState | None = None
+    """Central DP's clip norm and accountant history (None without central DP)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +74,11 @@ class Strategy:
         config: sent to every client with each task (e.g. ``{"local_epochs": 2}``).
         plugins: client plug-ins (FedProx, SCAFFOLD, ...) and their server halves.
         schedule: when aggregation happens: `Sync` rounds or a `Buffered` async buffer.
+        privacy: central differential privacy (`fedloom.privacy.CentralDP`): each update
+            is clipped, the clipped updates are averaged uniformly (example counts are
+            ignored) and Gaussian noise is added; None: no central DP.
+        secure_aggregation: `fedloom.secagg.SecAggPlus`: the server learns only the sum
+            of the updates (needs a sum-decomposable aggregator, WeightedMean or Mean).
     """
 
     sampler: Sampler = field(default_factory=All)
@@ -80,10 +89,14 @@ class Strategy:
     config: Mapping[str, Scalar] = field(default_factory=dict)
     plugins: tuple[Plugin, ...] = ()
     schedule: Schedule = field(default_factory=Sync)
+    privacy: CentralDP | None = None
+    secure_aggregation: SecAggPlus | None = None
 
     def __post_init__(self) -> None:
         names = [plugin.name for plugin in self.plugins]
         _check_plugin_combination(self.plugins)
+        _check_privacy_combination(self)
+        _check_secure_aggregation(self)
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
             raise ConfigError(
@@ -114,7 +127,10 @@ class Strategy:
         for plugin in self.plugins:
             plugins.update(plugin.init(weights.flat))
         return StrategyState(
-            weights=weights, optimizer=self.server_opt.init(weights.flat), plugins=plugins
+            weights=weights,
+            optimizer=self.server_opt.init(weights.flat),
+            plugins=plugins,
+            privacy=None if self.privacy is None else self.privacy.init(),
         )
 
     @property
@@ -168,6 +184,8 @@ class Strategy:
         results: Iterable[FitResult],
         *,
         num_available: int | None = None,
+        num_sampled: int | None = None,
+        rng: np.random.Generator | None = None,
     ) -> tuple[StrategyState, dict[str, Scalar]]:
         """Fold `results` one at a time into the new state.
 
@@ -181,12 +199,23 @@ class Strategy:
             results: checked fit results, in arrival order.
             num_available: how many clients could have been sampled (SCAFFOLD's N);
                 defaults to the number of results.
+            num_sampled: how many results the round planned (clients sampled, or the
+                async buffer's size): central DP's ``m_planned``; defaults to the
+                number of results.
+            rng: the round's seeded generator (central DP's noise with ``reproducible``).
 
         Raises:
             NotEnoughResults: fewer than ``min_fit`` (or the aggregator's minimum) arrived.
         """
         params = state.weights.flat
-        fold = self.aggregator.fold(params.size, params.dtype)
+        privacy = state.privacy
+        if self.privacy is not None and privacy is None:  # a state made without central DP
+            privacy = self.privacy.init()
+        fold: Fold | DPFold
+        if self.privacy is not None and privacy is not None:
+            fold = self.privacy.fold(privacy, params.size, params.dtype)
+        else:
+            fold = self.aggregator.fold(params.size, params.dtype)
         rounds = [
             plugin.start_round(
                 state.plugins, dim=params.size, dtype=params.dtype, num_available=num_available or 0
@@ -216,15 +245,100 @@ class Strategy:
         required = max(self.min_fit, self.aggregator.min_results)
         if fold.count < required:
             raise NotEnoughResults(received=fold.count, required=required)
-        update = fold.result()
+        if isinstance(fold, DPFold):
+            assert self.privacy is not None  # how the fold was made
+            assert privacy is not None
+            update, privacy = self.privacy.release(
+                fold.total,
+                count=fold.count,
+                count_unclipped=fold.count_unclipped,
+                state=privacy,
+                num_planned=num_sampled or fold.count,
+                num_available=num_available or fold.count,
+                rng=rng if rng is not None else np.random.default_rng(),
+            )
+        else:
+            update = fold.result()
         plugin_state = dict(state.plugins)
         for plugin_round in rounds:
             update, changes = plugin_round.finish(update)
             plugin_state.update(changes)
         new_params, optimizer = self.server_opt.step(params, update, state.optimizer)
         weights = Weights.from_flat(state.weights.spec, new_params)
-        new_state = StrategyState(weights=weights, optimizer=optimizer, plugins=plugin_state)
+        new_state = StrategyState(
+            weights=weights, optimizer=optimizer, plugins=plugin_state, privacy=privacy
+        )
         return new_state, weighted_average(client_metrics)
+
+    def aggregate_sum(
+        self,
+        server_round: int,
+        state: StrategyState,
+        *,
+        total: Vector,
+        total_weight: float,
+        count: int,
+        count_within_clip: int = 0,
+        num_available: int | None = None,
+        num_sampled: int | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[StrategyState, dict[str, Scalar]]:
+        """The new state from a sum of updates the server never saw one by one.
+
+        Secure aggregation hands over ``total = sum_i w_i * u_i`` and ``sum_i w_i``
+        (``w_i`` the example counts for WeightedMean, 1 for Mean and central DP); the
+        update is their ratio, or central DP's noised mean of the clients' clipped
+        updates (`count_within_clip` of them were within the clip norm).
+
+        Raises:
+            NotEnoughResults: fewer than ``min_fit`` updates are in the sum.
+        """
+        required = max(self.min_fit, self.aggregator.min_results)
+        if count < required:
+            raise NotEnoughResults(received=count, required=required)
+        params = state.weights.flat
+        summed = np.asarray(total, dtype=params.dtype)
+        privacy = state.privacy
+        if self.privacy is not None and privacy is not None:
+            update, privacy = self.privacy.release(
+                summed,
+                count=count,
+                count_unclipped=count_within_clip,
+                state=privacy,
+                num_planned=num_sampled or count,
+                num_available=num_available or count,
+                rng=rng if rng is not None else np.random.default_rng(),
+            )
+        else:
+            if total_weight <= 0:
+                raise NotEnoughResults(
+                    received=0, required=required, detail="Every update in the sum has weight 0."
+                )
+            update = summed / params.dtype.type(total_weight)
+        new_params, optimizer = self.server_opt.step(params, update, state.optimizer)
+        weights = Weights.from_flat(state.weights.spec, new_params)
+        return StrategyState(
+            weights=weights, optimizer=optimizer, plugins=state.plugins, privacy=privacy
+        ), {}
+
+    @property
+    def weighted_sum(self) -> bool:
+        """Whether secure aggregation weights each update by its example count."""
+        return self.privacy is None and not isinstance(self.aggregator, Mean)
+
+    def privacy_metrics(self, state: StrategyState) -> dict[str, Scalar]:
+        """The ``privacy.*`` metrics of the state after a round (empty without privacy).
+
+        Central DP reports ``privacy.epsilon`` (spent so far, at ``privacy.delta``),
+        the clip norm and the noise std; the local DP plug-in the largest epsilon a
+        client of the round reported (``privacy.local_epsilon``).
+        """
+        metrics: dict[str, Scalar] = {}
+        if self.privacy is not None and state.privacy is not None:
+            metrics.update(self.privacy.metrics(state.privacy))
+        for plugin in self.plugins:
+            metrics.update(plugin.metrics(state.plugins))
+        return metrics
 
     def get_config(self) -> dict[str, Any]:
         """The strategy's parts and hyperparameters as a JSON-able dict (for the run record)."""
@@ -239,6 +353,10 @@ class Strategy:
             "config": dict(self.config),
             "plugins": [_describe(plugin) for plugin in self.plugins],
             "schedule": _describe(self.schedule),
+            "secure_aggregation": None
+            if self.secure_aggregation is None
+            else _describe(self.secure_aggregation),
+            "privacy": None if self.privacy is None else _describe(self.privacy),
         }
 
     def _plugin_config(self) -> dict[str, Scalar]:
@@ -281,3 +399,95 @@ def _check_plugin_combination(plugins: tuple[Plugin, ...]) -> None:
             "LocalOptimizer(kind='sgd') or kind='momentum'.",
             field="plugins",
         )
+
+
+_DP_AGGREGATORS = (Mean, WeightedMean)
+_DP_UNSAFE_PLUGINS = {
+    "scaffold": "sends each client's control-variate change, unnoised",
+    "elastic": "sends each client's gradient sensitivities, unnoised",
+    "fednova": "rescales updates by client-reported step counts, unnoised",
+}
+
+
+def _check_privacy_combination(strategy: Strategy) -> None:
+    """Refuse central DP with parts that would void its guarantee or its noise calibration."""
+    if strategy.privacy is None:
+        return
+    if not isinstance(strategy.privacy, CentralDP):
+        raise ConfigError(
+            f"privacy must be a fedloom.privacy.CentralDP, got {type(strategy.privacy).__name__}.",
+            field="privacy",
+        )
+    if not isinstance(strategy.aggregator, _DP_AGGREGATORS):
+        raise ConfigError(
+            f"central DP averages the clipped updates and calibrates its noise to that mean, so "
+            f"it cannot use the {type(strategy.aggregator).__name__} aggregator. Use the "
+            "weighted_mean or mean aggregator (central DP ignores the weights; it clips on its "
+            "own), or drop [strategy.privacy].",
+            field="aggregator",
+            value=type(strategy.aggregator).__name__,
+        )
+    for plugin in strategy.plugins:
+        reason = _DP_UNSAFE_PLUGINS.get(plugin.name)
+        if reason is not None:
+            raise ConfigError(
+                f"the {plugin.name} plug-in {reason}, outside central DP's guarantee. Remove it "
+                "from the strategy, or drop central DP.",
+                field="plugins",
+                value=plugin.name,
+            )
+
+
+_NEEDS_INDIVIDUAL_UPDATES = {
+    "Median": "takes the coordinate-wise median of the individual updates",
+    "TrimmedMean": "sorts each coordinate of the individual updates",
+    "Krum": "compares the individual updates by their pairwise distances",
+    "MultiKrum": "compares the individual updates by their pairwise distances",
+    "Bulyan": "compares and sorts the individual updates",
+    "ClippedMean": "clips each update on the server (with secure aggregation, clip on the "
+    "clients: use central DP, privacy=CentralDP(...))",
+}
+
+
+def _check_secure_aggregation(strategy: Strategy) -> None:
+    """Refuse parts that need what secure aggregation hides: the individual updates."""
+    secure = strategy.secure_aggregation
+    if secure is None:
+        return
+    if not isinstance(secure, SecAggPlus):
+        raise ConfigError(
+            f"secure_aggregation must be a fedloom.secagg.SecAggPlus, got {type(secure).__name__}.",
+            field="secure_aggregation",
+        )
+    aggregator = type(strategy.aggregator)
+    if aggregator not in (WeightedMean, Mean):
+        why = _NEEDS_INDIVIDUAL_UPDATES.get(
+            aggregator.__name__, "is not known to be sum-decomposable"
+        )
+        raise ConfigError(
+            f"secure aggregation shows the server only the sum of the updates, but the "
+            f"{aggregator.__name__} aggregator {why}. Use the weighted_mean or mean "
+            "aggregator, or drop secure_aggregation.",
+            field="aggregator",
+            value=aggregator.__name__,
+        )
+    if not isinstance(strategy.schedule, Sync):
+        raise ConfigError(
+            "secure aggregation runs in synchronous rounds (every stage waits for the "
+            f"round's clients), not with the {type(strategy.schedule).__name__} schedule. Use "
+            "Sync() or drop secure_aggregation.",
+            field="schedule",
+        )
+    for plugin in strategy.plugins:
+        has_server_half = (
+            type(plugin).start_round is not Plugin.start_round
+            or plugin.required_tensors
+            or plugin.required_metrics
+        )
+        if has_server_half:
+            raise ConfigError(
+                f"the {plugin.name} plug-in adjusts each client's update on the server, which "
+                "secure aggregation hides. Remove it, or drop secure_aggregation.",
+                field="plugins",
+                value=plugin.name,
+            )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,6 +21,7 @@ from fedloom.core import (
     ClientContext,
     ClientId,
     Failure,
+    FitIns,
     Partitioner,
     Reply,
     Task,
@@ -28,6 +30,10 @@ from fedloom.core import (
 from fedloom.core.dispatch import run_task
 from fedloom.core.protocols import Client
 from fedloom.errors import ConfigError
+from fedloom.secagg import is_stage_task
+
+if TYPE_CHECKING:
+    from fedloom.secagg.sessions import SecAggSessions
 
 __all__ = ["ClientFn", "InProcessChannel"]
 
@@ -82,6 +88,7 @@ class InProcessChannel:
         self._clock = 0.0
         self._arrivals: list[tuple[float, int, ClientId, Reply]] = []
         self._submitted = 0
+        self._secagg: SecAggSessions | None = None
 
     def clients(self) -> Sequence[ClientId]:
         return self._ids
@@ -131,6 +138,8 @@ class InProcessChannel:
         return client_id, reply
 
     def _run_one(self, client_id: ClientId, task: Task) -> Reply:
+        if is_stage_task(task):  # a secure-aggregation stage (fedloom.secagg)
+            return self._secure_stage(client_id, task)
         try:
             client = self._client_fn(self.context(client_id))
         except Exception as exc:  # a user's factory must not take the run down
@@ -141,3 +150,12 @@ class InProcessChannel:
         if state:
             self._states[client_id] = dict(state)
         return reply
+
+    def _secure_stage(self, client_id: ClientId, task: Task) -> Reply:
+        """Answer a SecAgg+ stage; the masked-input stage trains through `_run_one`."""
+        from fedloom.secagg.sessions import SecAggSessions  # loads cryptography when used
+
+        if self._secagg is None:
+            self._secagg = SecAggSessions()
+        assert isinstance(task, FitIns)  # is_stage_task checked it
+        return self._secagg.handle(client_id, task, lambda ins: self._run_one(client_id, ins))

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from fedloom._faults import broadcast_point
 from fedloom.core import ClientId, FitIns, Reply, Task
+from fedloom.secagg import is_stage_task
 from fedloom.transport.grpc.fleet import Fleet, Replies
 
 __all__ = ["GrpcChannel"]
@@ -37,8 +38,10 @@ class GrpcChannel:
     ) -> Iterator[tuple[ClientId, Reply]]:
         replies: Replies = queue.Queue()
         for name, task in tasks.items():
-            # only a fit returns weights to check against the model it was sent
-            expected = task.weights.spec if isinstance(task, FitIns) else None
+            # only a fit returns weights to check against the model it was sent; a
+            # secure-aggregation stage returns its own tensors (fedloom.secagg checks them)
+            plain_fit = isinstance(task, FitIns) and not is_stage_task(task)
+            expected = task.weights.spec if isinstance(task, FitIns) and plain_fit else None
             self._fleet.send(name, task, expected=expected, replies=replies)
         broadcast_point(tasks)  # a test hook: no-op unless FEDLOOM_FAULT_AT is set
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -6,7 +6,9 @@ keeps the session alive during long tasks. When the server cannot be reached
 the client says which address it tried and retries with exponential backoff
 and jitter — it never spins — then joins again under the same name and so
 takes its old place. A refused token or certificate is final: it stops with
-the server's reason.
+the server's reason. Under mutual TLS 1.3 a refused client certificate reaches
+gRPC only as "Socket closed"; `refused_client_certificate` then probes the
+server to tell that from an outage.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
-from fedloom.core import Client, ClientId, Failure, Scalar
+from fedloom.core import Client, ClientId, Failure, FitIns, Reply, Scalar, Task
 from fedloom.core.dispatch import ClientState, run_task
 from fedloom.core.hooks import CycleEvent, StopClient, fire
 from fedloom.errors import ConfigError, ConnectError
 from fedloom.proto import fleet_pb2, fleet_pb2_grpc
+from fedloom.secagg import is_stage_task
 from fedloom.transport.grpc.security import TlsConfig, bearer_metadata, channel_credentials
+from fedloom.transport.grpc.security.tls import refused_client_certificate
 from fedloom.transport.grpc.wire import (
     CHUNK_BYTES,
     NO_TASK,
@@ -37,6 +42,9 @@ from fedloom.transport.grpc.wire import (
     peek_header,
     scalars_to_proto,
 )
+
+if TYPE_CHECKING:
+    from fedloom.secagg.sessions import SecAggSessions
 
 __all__ = ["Backoff", "ClientRuntime"]
 
@@ -117,6 +125,7 @@ class ClientRuntime:
         self._heartbeat_s = 2.0
         self._lock = threading.Lock()
         self._hooks = tuple(hooks)
+        self._secagg: SecAggSessions | None = None
         self.tasks_done = 0
 
     def run(self, stop: threading.Event | None = None) -> int:
@@ -176,6 +185,19 @@ class ClientRuntime:
                             f"'{self.name}' cannot trust the server or was not trusted: "
                             f"{err.details()}. Check the CA (--ca or --certs) and the client "
                             "certificate."
+                        ) from err
+                    if (
+                        code == grpc.StatusCode.UNAVAILABLE
+                        and self._tls is not None
+                        and refused_client_certificate(self.address, self._tls)
+                    ):
+                        raise ConnectError(
+                            f"the server at {self.address} closed every connection right after "
+                            "the TLS handshake, so it refuses the certificate of client "
+                            f"'{self.name}' (mutual TLS): gRPC says only "
+                            f"{err.details()!r}. Start the client with a certificate signed "
+                            "by the CA the server trusts (--client-ca on the server), e.g. "
+                            "DIR/<name>.pem and .key from `fedloom certs DIR --client NAME`."
                         ) from err
                     self._session = None
                     if code == grpc.StatusCode.NOT_FOUND:
@@ -249,12 +271,23 @@ class ClientRuntime:
         task_id, task = decode_task(stream, limits=self._limits)
         server_round = task.config.get("server_round")
         self._fire("after_download", task=kind, server_round=server_round)
-        reply, self._state = run_task(self.client, task, self._state, client_id=self.name)
+        if is_stage_task(task):  # a secure-aggregation stage (fedloom.secagg)
+            reply = self._secure_stage(task)
+        else:
+            reply, self._state = run_task(self.client, task, self._state, client_id=self.name)
         if isinstance(reply, Failure):
             self._fire("on_failure", task=kind, server_round=server_round, reason=reply.reason)
         self._fire("before_upload", task=kind, server_round=server_round)
+        result = encode_result(
+            task_id,
+            reply,
+            session=self._session,
+            run_id=str(header.run_id),  # echo the task's binding: the server checks it
+            server_round=int(header.server_round),
+            chunk_bytes=self._chunk_bytes,
+        )
         ack = stub.Push(
-            encode_result(task_id, reply, session=self._session, chunk_bytes=self._chunk_bytes),
+            result,
             metadata=self._call_metadata(),
             timeout=600.0,
         )
@@ -263,6 +296,20 @@ class ClientRuntime:
             logger.warning("the server did not take the result: %s", ack.reason)
         self._fire("after_upload", task=kind, server_round=server_round)
         return True
+
+    def _secure_stage(self, task: Task) -> Reply:
+        """Answer a SecAgg+ stage; the masked-input stage trains through `run_task`."""
+        from fedloom.secagg.sessions import SecAggSessions  # loads cryptography when used
+
+        if self._secagg is None:
+            self._secagg = SecAggSessions()
+
+        def fit(ins: FitIns) -> Reply:
+            reply, self._state = run_task(self.client, ins, self._state, client_id=self.name)
+            return reply
+
+        assert isinstance(task, FitIns)  # is_stage_task checked it
+        return self._secagg.handle(self.name, task, fit)
 
     def _beat(
         self,

@@ -5,6 +5,11 @@
 tested without a network. A client is known by its name; a client that joins
 again under the same name takes its old place (its old session ends, and a
 task it was running fails).
+
+Each task is bound to its run, round and client: `claim` accepts a result only
+for a task awaited from that session, echoing the task's run id and round, and
+raises `ReplayedMessage` for a copy of an answered task, another client's task,
+or a task of another run or round.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import queue
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from fedloom.core import ClientId, Failure, Reply, Scalar, Task, VectorSpec
-from fedloom.errors import ConfigError
+from fedloom.errors import ConfigError, ReplayedMessage
 
-__all__ = ["Fleet", "Pending", "Replies", "Session"]
+__all__ = ["Fleet", "Pending", "Replies", "Session", "round_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,7 @@ class Pending:
     session_id: str
     expected: VectorSpec | None
     replies: Replies
+    server_round: int = 0
     done: bool = False
 
 
@@ -80,6 +87,9 @@ class Fleet:
         self._by_name: dict[ClientId, str] = {}
         self._pending: dict[str, Pending] = {}
         self._uploads = threading.Semaphore(1)
+        # task id -> (client, answered?) of recent tasks no longer awaited: tells a late
+        # result (its task expired or failed) from a replay (its task was answered)
+        self._finished: OrderedDict[str, tuple[ClientId, bool]] = OrderedDict()
         self.run_id = uuid.uuid4().hex[:12]
         self.stopping = False
         self._received_bytes = 0
@@ -144,6 +154,12 @@ class Fleet:
                 return None
             session.last_seen = self._clock()
             return session
+
+    def find(self, session_id: str) -> Session | None:
+        """The live session `session_id`, without counting the lookup as a sign of life."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            return session if session is not None and session.alive else None
 
     def names(self) -> list[ClientId]:
         """Live clients, in join order (dead ones are reaped first)."""
@@ -227,20 +243,72 @@ class Fleet:
                 session_id=session_id,
                 expected=expected,
                 replies=replies,
+                server_round=round_of(task),
             )
             self._pending[pending.task_id] = pending
             self._sessions[session_id].tasks.put((pending.task_id, task))
             return pending
 
-    def claim(self, task_id: str, session_id: str) -> Pending | str:
-        """The pending task a result answers, or why the result cannot be accepted."""
+    def claim(
+        self,
+        task_id: str,
+        session_id: str,
+        *,
+        run_id: str | None = None,
+        server_round: int | None = None,
+    ) -> Pending | str:
+        """The pending task a result answers, or why a late result is dropped.
+
+        Args:
+            task_id: the task the result names.
+            session_id: the session that sent it.
+            run_id: the run the result echoes (None: not checked).
+            server_round: the round the result echoes (None: not checked).
+
+        Returns:
+            The pending task; or a reason string for a result whose task already
+            failed or expired (late: dropped, nothing else happens).
+
+        Raises:
+            ReplayedMessage: the result is bound to another run, round or client, or
+                answers a task that was already answered (a replay).
+        """
         with self._lock:
+            session = self._sessions.get(session_id)
+            who = f"client '{session.name}'" if session is not None else "an unknown session"
+            short = task_id[:8]
+            if run_id is not None and run_id != self.run_id:
+                raise _replay(
+                    f"{who} sent a result for run {run_id[:12]!r}; this is run {self.run_id!r}",
+                    session,
+                )
             pending = self._pending.get(task_id)
             if pending is None:
-                return f"task {task_id[:8]} is not awaited (late, already answered, or unknown)"
+                finished = self._finished.get(task_id)
+                if finished is not None and not finished[1]:
+                    return f"task {short} is not awaited any more (late: it failed or expired)"
+                problem = "was already answered" if finished is not None else "is unknown"
+                raise _replay(f"{who} sent a result for task {short}, which {problem}", session)
             if pending.session_id != session_id:
-                return f"task {task_id[:8]} was sent to another client"
+                raise _replay(
+                    f"{who} sent a result for task {short}, which was sent to another client",
+                    session,
+                )
+            if server_round is not None and server_round != pending.server_round:
+                raise _replay(
+                    f"{who} sent a result for round {server_round} under task {short}, which "
+                    f"belongs to round {pending.server_round}",
+                    session,
+                )
             return pending
+
+    def fail_tasks_of(self, name: ClientId, reason: str) -> int:
+        """Fail every task awaited from `name` (its rounds go on); how many failed."""
+        with self._lock:
+            mine = [p for p in self._pending.values() if p.name == name and not p.done]
+            for pending in mine:
+                self._fail(pending, reason)
+            return len(mine)
 
     def deliver(self, pending: Pending, reply: Reply, *, holds_upload: bool) -> bool:
         """Hand `reply` to the round waiting for it.
@@ -254,6 +322,7 @@ class Fleet:
                 return False
             pending.done = True
             del self._pending[pending.task_id]
+            self._remember(pending.task_id, pending.name, answered=True)
         release = self.release_upload if holds_upload else _nothing
         pending.replies.put((pending.name, reply, release))
         return True
@@ -267,9 +336,15 @@ class Fleet:
     def _fail(self, pending: Pending, reason: str) -> None:
         pending.done = True
         self._pending.pop(pending.task_id, None)
+        self._remember(pending.task_id, pending.name, answered=False)
         pending.replies.put(
             (pending.name, Failure(client_id=pending.name, reason=reason), _nothing)
         )
+
+    def _remember(self, task_id: str, name: ClientId, *, answered: bool) -> None:
+        self._finished[task_id] = (name, answered)
+        while len(self._finished) > _REMEMBERED_TASKS:
+            self._finished.popitem(last=False)
 
     def next_task(self, session: Session, *, wait_s: float) -> tuple[str, Task] | None:
         """The session's next task, waiting up to `wait_s`; None if none came (or stopping)."""
@@ -309,6 +384,23 @@ class Fleet:
         with self._lock:
             return iter([p for p in self._pending.values() if p.replies is replies])
 
+
+def round_of(task: Task) -> int:
+    """The round a task belongs to (its ``server_round`` config value; 0 when it has none)."""
+    value = task.config.get("server_round", 0) if task is not None else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _replay(problem: str, session: Session | None) -> ReplayedMessage:
+    return ReplayedMessage(
+        f"{problem}: refused as a replay. A client answers only the tasks it pulled, once, "
+        "echoing their run and round; check that no one else uses this client's session.",
+        client_id=None if session is None else session.name,
+    )
+
+
+_REMEMBERED_TASKS = 65536
+"""How many answered or failed task ids the fleet remembers to tell late results from replays."""
 
 _STOP: tuple[str, Task] = ("", None)  # type: ignore[assignment]
 """Queued to wake a waiting request when the run ends."""

@@ -4,6 +4,11 @@ Every refusal is logged on the server and explained to the client; the
 server keeps serving the others. Results are decoded one at a time (the
 fleet's upload slot), checked against the task they answer (its id binds run,
 round and client), and handed to the waiting round.
+
+With per-client tokens, a call that names a session must come from the client
+that owns it (PERMISSION_DENIED otherwise); a result bound to another run,
+round or client is refused as a replay and fails the sender's task; joins and
+uploaded bytes are counted against `Quotas` (RESOURCE_EXHAUSTED over them).
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from typing import NoReturn
 import grpc
 
 from fedloom.core import Failure
-from fedloom.errors import ConfigError, FedloomError
+from fedloom.errors import ConfigError, FedloomError, QuotaExceeded, ReplayedMessage
 from fedloom.proto import fleet_pb2, fleet_pb2_grpc
 from fedloom.transport.grpc.distribution import PackageOffer, encode_package
-from fedloom.transport.grpc.fleet import Fleet
+from fedloom.transport.grpc.fleet import Fleet, Session, round_of
+from fedloom.transport.grpc.quotas import QuotaLedger, Quotas
 from fedloom.transport.grpc.security import (
+    SHARED,
     AuthInterceptor,
     TlsConfig,
     Tokens,
@@ -66,12 +73,14 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         limits: Limits,
         chunk_bytes: int = CHUNK_BYTES,
         package: PackageOffer | None = None,
+        quotas: QuotaLedger | None = None,
     ) -> None:
         self._fleet = fleet
         self._tokens = tokens
         self._limits = limits
         self._chunk_bytes = chunk_bytes
         self._package = package
+        self._quotas = quotas if quotas is not None else QuotaLedger()
 
     def Join(  # noqa: N802 - the RPC's name
         self, request: fleet_pb2.JoinRequest, context: grpc.ServicerContext
@@ -95,6 +104,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         if not request.name:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a client must join with a name.")
         try:
+            self._quotas.charge_join(request.name, _host(context.peer()))
+        except QuotaExceeded as exc:
+            logger.warning("refused join of '%s' from %s: %s", request.name, context.peer(), exc)
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        try:
             metadata = scalars_from_proto(request.metadata)
             session = self._fleet.join(request.name, metadata)
         except ConfigError as exc:
@@ -110,18 +124,21 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         self, request: fleet_pb2.BeatRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.BeatReply:
         self._fleet.count_received(request.ByteSize())
+        self._check_owner(context, self._fleet.find(request.session), "Beat")
         return fleet_pb2.BeatReply(known=self._fleet.touch(request.session) is not None)
 
     def Leave(  # noqa: N802
         self, request: fleet_pb2.BeatRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.BeatReply:
         self._fleet.count_received(request.ByteSize())
+        self._check_owner(context, self._fleet.find(request.session), "Leave")
         return fleet_pb2.BeatReply(known=self._fleet.leave(request.session))
 
     def Pull(  # noqa: N802
         self, request: fleet_pb2.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[fleet_pb2.Frame]:
         self._fleet.count_received(request.ByteSize())
+        self._check_owner(context, self._fleet.find(request.session), "Pull")
         session = self._fleet.touch(request.session)
         if session is None:
             _abort(
@@ -138,7 +155,12 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             return
         task_id, task = item
         for frame in encode_task(
-            task_id, task, session=session.session_id, chunk_bytes=self._chunk_bytes
+            task_id,
+            task,
+            session=session.session_id,
+            run_id=self._fleet.run_id,
+            server_round=round_of(task),
+            chunk_bytes=self._chunk_bytes,
         ):
             yield frame
             self._fleet.touch(session.session_id)  # moving data is a sign of life
@@ -151,12 +173,33 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             header, frames = peek_header(request_iterator)
         except FedloomError as exc:
             return self._refuse(context, str(exc))
+        self._check_owner(context, self._fleet.find(header.session), "Push")
         session = self._fleet.touch(header.session)
         if session is None:
             _abort(context, grpc.StatusCode.NOT_FOUND, "unknown session: join again.")
-        claim = self._fleet.claim(header.task_id, session.session_id)
+        try:
+            claim = self._fleet.claim(
+                header.task_id,
+                session.session_id,
+                run_id=str(header.run_id),
+                server_round=int(header.server_round),
+            )
+        except ReplayedMessage as exc:
+            failed = self._fleet.fail_tasks_of(session.name, str(exc))
+            logger.warning("%s (%d task(s) of '%s' failed)", exc, failed, session.name)
+            return fleet_pb2.PushReply(accepted=False, reason=str(exc))
         if isinstance(claim, str):
             return self._refuse(context, f"dropped a result from '{session.name}': {claim}")
+        try:
+            self._quotas.charge_upload(
+                session.name, int(header.weights_bytes) + int(header.tensors_bytes)
+            )
+        except QuotaExceeded as exc:
+            self._fleet.deliver(
+                claim, Failure(client_id=session.name, reason=str(exc)), holds_upload=False
+            )
+            logger.warning("refused a result from %s: %s", context.peer(), exc)
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         while not self._fleet.acquire_upload(timeout_s=1.0):
             self._fleet.touch(session.session_id)  # waiting its turn to upload is not silence
         try:
@@ -194,6 +237,29 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         logger.info("sending package %s to '%s'", self._package.sha256[:12], request.name)
         yield from encode_package(self._package, chunk_bytes=self._chunk_bytes)
 
+    def _check_owner(
+        self, context: grpc.ServicerContext, session: Session | None, method: str
+    ) -> None:
+        """Abort with PERMISSION_DENIED when a per-client token calls for another's session.
+
+        Under a shared secret (or no tokens) the session id alone identifies the caller.
+        A session's owner that calls with another client's session fails its own tasks.
+        """
+        if self._tokens is None or session is None:
+            return
+        owner = caller_identity(context, self._tokens)
+        if owner in (SHARED, session.name):
+            return
+        reason = (
+            f"a {method} call with the token of client '{owner}' named the session of client "
+            f"'{session.name}': refused. A client may only use the session it joined with."
+        )
+        failed = self._fleet.fail_tasks_of(owner, reason)
+        logger.warning(
+            "%s (from %s; %d task(s) of '%s' failed)", reason, context.peer(), failed, owner
+        )
+        _abort(context, grpc.StatusCode.PERMISSION_DENIED, reason)
+
     def _refuse(self, context: grpc.ServicerContext, reason: str) -> fleet_pb2.PushReply:
         logger.warning("refused a result from %s: %s", context.peer(), reason)
         return fleet_pb2.PushReply(accepted=False, reason=reason)
@@ -204,6 +270,13 @@ def _counted(frames: Iterator[fleet_pb2.Frame], fleet: Fleet) -> Iterator[fleet_
     for frame in frames:
         fleet.count_received(frame.ByteSize())
         yield frame
+
+
+def _host(peer: str) -> str:
+    """The host part of a gRPC peer string (``ipv4:1.2.3.4:5678`` -> ``1.2.3.4``)."""
+    address = peer.split(":", 1)[1] if peer.startswith(("ipv4:", "ipv6:")) else peer
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host.strip("[]")
 
 
 def _touching(
@@ -258,6 +331,7 @@ def start_server(
     chunk_bytes: int = CHUNK_BYTES,
     max_workers: int = 64,
     package: PackageOffer | None = None,
+    quotas: Quotas | None = None,
 ) -> RunningServer:
     """Serve `fleet` on `address` (port 0 picks a free one).
 
@@ -270,6 +344,7 @@ def start_server(
         chunk_bytes: size of the data frames sent.
         max_workers: threads serving calls (each waiting client holds one).
         package: the compute package handed to clients that ask for it.
+        quotas: per-client upload and join quotas (default `Quotas()`).
     """
     _release_large_buffers_to_the_os()
     interceptors: list[grpc.ServerInterceptor] = []
@@ -290,6 +365,7 @@ def start_server(
         limits=limits or Limits(),
         chunk_bytes=chunk_bytes,
         package=package,
+        quotas=QuotaLedger(quotas or Quotas()),
     )
     fleet_pb2_grpc.add_FleetServicer_to_server(service, server)
     if tls is None:

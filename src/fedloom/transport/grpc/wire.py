@@ -223,7 +223,13 @@ def _scalar_value(scalar: fleet_pb2.Scalar, kind: str) -> Scalar:
 
 
 def encode_task(
-    task_id: str, task: Task, *, session: str, chunk_bytes: int = CHUNK_BYTES
+    task_id: str,
+    task: Task,
+    *,
+    session: str,
+    run_id: str = "",
+    server_round: int = 0,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[fleet_pb2.Frame]:
     """Encode a task as frames.
 
@@ -233,12 +239,14 @@ def encode_task(
         task_id: binds the result to this task (and so to its run, round and client).
         task: the task.
         session: the session of the client that pulls it.
+        run_id: the server's run; the result must echo it.
+        server_round: the round the task belongs to; the result must echo it.
         chunk_bytes: largest ``data`` frame.
 
     Raises:
         ConfigError: a config value or plug-in tensor cannot be encoded, or `chunk_bytes` < 1.
     """
-    header = fleet_pb2.Header(schema=WIRE_SCHEMA, task_id=task_id, session=session)
+    header = _bound_header(task_id, session, run_id, server_round)
     blobs: tuple[Blob, ...] = ()
     if isinstance(task, GetWeightsIns):
         header.kind = "get_weights"
@@ -277,19 +285,26 @@ def encode_signal(kind: str, *, session: str) -> Iterator[fleet_pb2.Frame]:
 
 
 def encode_result(
-    task_id: str, reply: Reply, *, session: str, chunk_bytes: int = CHUNK_BYTES
+    task_id: str,
+    reply: Reply,
+    *,
+    session: str,
+    run_id: str = "",
+    server_round: int = 0,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[fleet_pb2.Frame]:
     """Encode a client's reply to task `task_id` as frames.
 
     Weights given as a mapping are converted with ``Weights(...)``; a list of arrays has
     no names, so conform it first (``ins.weights.conform(value, client_id=...)``).
-    A `Failure` travels as its reason only.
+    A `Failure` travels as its reason only. `run_id` and `server_round` echo the task's
+    header (`peek_header`): the server refuses a result bound to another run or round.
 
     Raises:
         ConfigError: a metrics value, weights or plug-in tensor cannot be encoded, or
             `chunk_bytes` < 1.
     """
-    header = fleet_pb2.Header(schema=WIRE_SCHEMA, task_id=task_id, session=session)
+    header = _bound_header(task_id, session, run_id, server_round)
     blobs: tuple[Blob, ...] = ()
     if isinstance(reply, FitRes):
         header.kind = "fit"
@@ -416,6 +431,22 @@ def peek_header(
             f"{message} must start with a 'header' frame, but it starts with {part}. {_RESEND}"
         )
     return first.header, itertools.chain((first,), iterator)
+
+
+def _bound_header(task_id: str, session: str, run_id: str, server_round: int) -> fleet_pb2.Header:
+    if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 0:
+        raise ConfigError(
+            f"server_round must be a non-negative int, got {server_round!r}.",
+            field="server_round",
+            value=server_round,
+        )
+    return fleet_pb2.Header(
+        schema=WIRE_SCHEMA,
+        task_id=task_id,
+        session=session,
+        run_id=run_id,
+        server_round=server_round,
+    )
 
 
 Blob = tuple[bytes | memoryview, ...]

@@ -1,7 +1,10 @@
-"""TLS settings, and the gRPC credentials made from them."""
+"""TLS settings, the gRPC credentials made from them, and a probe for refused certificates."""
 
 from __future__ import annotations
 
+import re
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +12,7 @@ import grpc  # type: ignore[import-untyped, unused-ignore]
 
 from fedloom.errors import ConfigError
 
-__all__ = ["TlsConfig", "channel_credentials", "server_credentials"]
+__all__ = ["TlsConfig", "channel_credentials", "refused_client_certificate", "server_credentials"]
 
 _HOW_TO_MAKE_CERTS = (
     "Make development certificates with `fedloom certs DIR`, or pass the path of an existing "
@@ -76,6 +79,52 @@ def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
         private_key=_read_pem(tls.key, "private key"),
         certificate_chain=_read_pem(tls.cert, "certificate"),
     )
+
+
+# the HTTP/2 client preface, then an empty SETTINGS frame (length 0, type 4, stream 0)
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]/]+)):(?P<port>\d{1,5})$")
+
+
+def refused_client_certificate(address: str, tls: TlsConfig, *, timeout_s: float = 3.0) -> bool:
+    """Whether the gRPC server at `address` refuses this client's certificate (mutual TLS).
+
+    Under TLS 1.3 a server checks the client's certificate after the client has finished
+    its side of the handshake, so gRPC only reports "Socket closed" and would retry
+    forever. This probe repeats the handshake with the standard library, offering HTTP/2
+    as gRPC does, then sends the HTTP/2 preface: a gRPC server that accepted the
+    certificate answers with its SETTINGS frame; one that refused it closes the
+    connection before sending a byte. Anything else (no connection, a server this
+    client does not trust, a timeout, another protocol) answers False, so the caller
+    keeps its usual retry.
+
+    Args:
+        address: ``host:port`` or ``[ipv6]:port`` (other gRPC target forms answer False).
+        tls: the client's TLS settings (its CA, certificate and key).
+        timeout_s: bound on the whole probe.
+    """
+    match = _HOST_PORT.match(address)
+    if match is None:
+        return False
+    host = match["v6"] or match["host"]
+    try:
+        context = ssl.create_default_context(cafile=None if tls.ca is None else str(tls.ca))
+        if tls.cert is not None and tls.key is not None:
+            context.load_cert_chain(str(tls.cert), str(tls.key))
+        context.set_alpn_protocols(["h2"])
+        with socket.create_connection((host, int(match["port"])), timeout=timeout_s) as raw:
+            raw.settimeout(timeout_s)
+            with context.wrap_socket(raw, server_hostname=host) as secure:
+                if secure.selected_alpn_protocol() != "h2":
+                    return False  # not a gRPC server
+                try:
+                    secure.sendall(_HTTP2_PREFACE)
+                    first = secure.recv(1)
+                except (ssl.SSLError, ConnectionError):
+                    return True  # closed with an alert or a reset right after the handshake
+                return first == b""  # closed before any HTTP/2 byte: the certificate was refused
+    except (OSError, ValueError):  # unreachable, untrusted server, timeout, unreadable files
+        return False
 
 
 def _read_pem(path: Path, kind: str) -> bytes:

@@ -7,18 +7,13 @@ import json
 import os
 import re
 import secrets
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from fedloom._tomlcheck import parse_toml, read_config_text
 from fedloom.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = ["SHARED", "Tokens", "check_token", "generate_token", "load_tokens"]
 
@@ -126,7 +121,7 @@ def load_tokens(path: str | os.PathLike[str]) -> Tokens:
             value=str(file),
         )
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_config_text(file, what="tokens file")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"cannot read tokens file {file}: {exc}. Check the path. {hint}",
@@ -134,8 +129,11 @@ def load_tokens(path: str | os.PathLike[str]) -> Tokens:
             value=str(file),
         ) from exc
     try:
-        data: object = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        if file.suffix == ".toml":
+            data: object = parse_toml(text, file, what="tokens file")
+        else:
+            data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, JSONDecodeError, digits
         raise ConfigError(
             f"tokens file {file} does not parse as {file.suffix[1:].upper()}: {exc}. {hint}",
             field="tokens",
