@@ -47,6 +47,16 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
     fit_timeout_s = 600       # each round's deadline
     heartbeat_s = 2           # how often clients beat; three missed beats drop a client
 
+    [simulation]              # optional, read by `fedloom simulate` (its flags override it)
+    engine = "sequential"     # or "process", "ray", "vectorized" (fedloom.simulation.ENGINES)
+    device = "auto"           # "auto" (a GPU if torch sees one), "cpu", "cuda", "cuda:N"
+    workers = 8               # processes of the "process" engine (default: one per core)
+    ray_address = "auto"      # the Ray cluster of the "ray" engine (default: start a local one)
+    fit_timeout_s = 3.0       # each round's deadline in virtual seconds (default: none)
+    task_s = 1.0              # a simulated fleet (fedloom.simulation.Fleet): median virtual
+    spread = 1.0              #   seconds per task, log-normal spread of client speeds,
+    availability = 0.9        #   and the probability that a client is online in a round
+
 Each command reads what it uses (`Role`): ``simulate`` needs ``[clients].app`` and
 ``num_clients``; ``server`` needs neither and imports only ``evaluate`` and
 ``initial_weights``; ``client`` needs ``app`` (``num_clients`` is its default number of
@@ -81,6 +91,8 @@ from fedloom.core import Partitioner, Weights, WeightsLike
 from fedloom.data import PARTITIONERS
 from fedloom.errors import ConfigError, did_you_mean
 from fedloom.server import Callback, EarlyStopping, EvaluateFn, KeepBest, StopAtMetric
+from fedloom.simulation import Fleet
+from fedloom.simulation.engines import check_device, check_engine
 from fedloom.strategies import STRATEGIES, Strategy
 from fedloom.strategies.optimizers import SERVER_OPTIMIZERS, ServerOptimizer
 from fedloom.transport.inprocess import ClientFn
@@ -101,6 +113,7 @@ __all__ = [
     "ServerConfig",
     "ServerFederation",
     "SimulationConfig",
+    "SimulationOptions",
     "StopConfig",
     "StrategyConfig",
     "load_config",
@@ -110,13 +123,17 @@ Mode = Literal["max", "min"]
 Role = Literal["simulate", "server", "client"]
 """The command reading a config; each requires and imports only what it uses."""
 ROLES: tuple[Role, ...] = ("simulate", "server", "client")
-_SECTIONS = ("run", "clients", "data", "strategy", "stop", "server")
+_SECTIONS = ("run", "clients", "data", "strategy", "stop", "server", "simulation")
 _RUN_KEYS = ("rounds", "seed", "dir", "name")
 _CLIENTS_KEYS = ("app", "num_clients", "evaluate", "initial_weights")
 _STOP_KEYS = ("target_metric", "target_value", "patience", "patience_metric", "keep_best", "mode")
 _SERVER_KEYS = (
     *("address", "min_clients", "max_clients"),
     *("join_timeout_s", "fit_timeout_s", "heartbeat_s"),
+)
+_SIMULATION_KEYS = (
+    *("engine", "device", "workers", "ray_address", "fit_timeout_s"),
+    *("task_s", "spread", "availability"),
 )
 
 
@@ -214,6 +231,34 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SimulationOptions:
+    """``[simulation]``: which engine runs the virtual clients, where, and how the fleet behaves.
+
+    Each field is the `fedloom.simulation.simulate` argument of the same name.
+    """
+
+    engine: str = "sequential"
+    device: str = "auto"
+    workers: int | None = None
+    ray_address: str | None = None
+    fit_timeout_s: float | None = None
+    fleet: Fleet | None = None
+
+    def __post_init__(self) -> None:
+        check_engine(self.engine)
+        check_device(self.device)
+        if self.fit_timeout_s is not None and not (
+            math.isfinite(self.fit_timeout_s) and self.fit_timeout_s > 0
+        ):
+            raise ConfigError(
+                f"fit_timeout_s must be a number of virtual seconds > 0, got "
+                f"{self.fit_timeout_s}. Leave it out for no deadline.",
+                field="fit_timeout_s",
+                value=self.fit_timeout_s,
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Federation:
     """The objects a run needs, built from a `SimulationConfig`; callbacks are fresh."""
 
@@ -227,6 +272,7 @@ class Federation:
     initial_weights: WeightsLike | None
     callbacks: tuple[Callback, ...]
     keep_best: KeepBest | None
+    simulation: SimulationOptions = field(default_factory=SimulationOptions)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +315,7 @@ class SimulationConfig:
     data: DataConfig | None = None
     stop: StopConfig = field(default_factory=StopConfig)
     server: ServerConfig | None = None
+    simulation: SimulationOptions = field(default_factory=SimulationOptions)
 
     def build(self) -> Federation:
         """Import the entry points and build the strategy, partitioner and stop rules.
@@ -290,6 +337,7 @@ class SimulationConfig:
             initial_weights=None if initial_fn is None else _initial(initial_fn, self.path),
             callbacks=tuple(callbacks),
             keep_best=next((cb for cb in callbacks if isinstance(cb, KeepBest)), None),
+            simulation=self.simulation,
         )
 
     def build_server(self) -> ServerFederation:
@@ -344,6 +392,13 @@ class SimulationConfig:
         sections["stop"] = asdict(self.stop)
         if self.server is not None:
             sections["server"] = asdict(self.server)
+        if self.simulation != SimulationOptions():
+            options = asdict(self.simulation)
+            fleet = options.pop("fleet")
+            sections["simulation"] = {
+                **options,
+                **({} if fleet is None else {k: fleet[k] for k in _SIMULATION_KEYS[5:]}),
+            }
         return {name: _without_none(section) for name, section in sections.items()}
 
 
@@ -419,6 +474,7 @@ def load_config(path: str | Path, *, role: Role = "simulate") -> SimulationConfi
             mode=stop.get("mode", "str", default="max"),
         ),
         server=None if tables["server"] is None else _server_config(tables["server"], file),
+        simulation=_simulation_options(tables["simulation"], file, seed=run.get("seed", "int")),
     )
     _entry_points(config.clients, file, role)
     _build_strategy(config.strategy, file)
@@ -592,6 +648,35 @@ def _server_config(data: Mapping[str, Any], file: Path) -> ServerConfig:
     given = {key: value for key, value in values.items() if value is not None}
     server: ServerConfig = construct(ServerConfig, given, "[server]", file)
     return server
+
+
+def _simulation_options(
+    data: Mapping[str, Any] | None, file: Path, *, seed: int | None
+) -> SimulationOptions:
+    """``[simulation]``: the engine options, and a `Fleet` when any of its keys is given."""
+    if data is None:
+        return SimulationOptions()
+    table = Table(data, "simulation", file, keys=_SIMULATION_KEYS)
+    fleet_values = {
+        key: table.get(key, "float") for key in _SIMULATION_KEYS[5:] if key in table.data
+    }
+    fleet = (
+        construct(Fleet, fleet_values, "[simulation]", file, seed=seed or 0)
+        if fleet_values
+        else None
+    )
+    values = {
+        "engine": table.get("engine", "str"),
+        "device": table.get("device", "str"),
+        "workers": table.get("workers", "int", minimum=1),
+        "ray_address": table.get("ray_address", "str"),
+        "fit_timeout_s": table.get("fit_timeout_s", "float"),
+    }
+    given = {key: value for key, value in values.items() if value is not None}
+    options: SimulationOptions = construct(
+        SimulationOptions, given, "[simulation]", file, fleet=fleet
+    )
+    return options
 
 
 def _entry_points(

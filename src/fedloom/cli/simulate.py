@@ -21,7 +21,7 @@ from fedloom.cli._runs import run_folder, summarize
 from fedloom.config import Federation, SimulationConfig, load_config
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.observe import ProgressBar
-from fedloom.simulation import simulate
+from fedloom.simulation import ENGINES, simulate
 from fedloom.store import RunFolder
 
 __all__ = ["add_parser", "run"]
@@ -50,6 +50,22 @@ def add_parser(subparsers: _SubParsers[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--no-progress", action="store_true", help="print no progress bar or per-round lines"
     )
+    parser.add_argument(
+        "--engine",
+        metavar="NAME",
+        help=f"who runs the clients: {', '.join(ENGINES)} (overrides [simulation].engine)",
+    )
+    parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="auto, cpu, cuda or cuda:N (overrides [simulation].device)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="processes of the process engine (overrides [simulation].workers)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -64,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if args.rounds is not None:
             config = replace(config, run=replace(config.run, rounds=args.rounds))
+        config = _with_flags(config, args)
         federation = config.build()
     except ConfigError as exc:
         return _fail(exc, status=2)
@@ -81,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
             initial_weights=federation.initial_weights,
             evaluate_fn=federation.evaluate_fn,
             callbacks=[*callbacks, *([progress] if progress is not None else [])],
+            engine=federation.simulation.engine,
+            device=federation.simulation.device,
+            workers=federation.simulation.workers,
+            ray_address=federation.simulation.ray_address,
+            fleet=federation.simulation.fleet,
+            fit_timeout_s=federation.simulation.fit_timeout_s,
         )
     except ConfigError as exc:
         return _fail(exc, status=2, folder=folder)
@@ -94,6 +117,26 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
     summarize(result, folder, federation.keep_best)
     return 0
+
+
+def _with_flags(config: SimulationConfig, args: argparse.Namespace) -> SimulationConfig:
+    """`config` with ``--engine``, ``--device`` and ``--workers`` in place of its own values."""
+    flags = {
+        name: value
+        for name, value in (
+            ("engine", args.engine),
+            ("device", args.device),
+            ("workers", args.workers),
+        )
+        if value is not None
+    }
+    if not flags:
+        return config
+    try:
+        options = replace(config.simulation, **flags)
+    except ConfigError as exc:
+        raise ConfigError(f"--{exc.field}: {exc}", field=exc.field, value=exc.value) from exc
+    return replace(config, simulation=options)
 
 
 def _fail(error: Exception, *, status: int, folder: Path | None = None) -> int:
