@@ -1,0 +1,701 @@
+"""The vectorized engine: many `TorchClient` fits of one architecture as one batched computation.
+
+K clients that train the same network with the same loss and optimizer become
+one set of stacked parameters ``[K, ...]``; ``torch.func.vmap`` over
+``grad_and_value(functional_call(...))`` computes every client's gradient in one
+call per step, and the optimizer update (SGD with momentum, dampening, weight
+decay and Nesterov; Adam and AdamW with AMSGrad) is applied to the stacked
+tensors exactly as ``torch.optim`` applies it to one model. Each client keeps
+its own batches: `TorchClient`'s seeded shuffling is reproduced, batches are
+padded to a common size and masked, so the loss is each client's mean over its
+real samples, and a client whose steps are done stops moving. The results are
+`TorchClient.fit`'s: the same weights (to float rounding), ``num_examples`` and
+``loss`` metric.
+
+Clients are trained a chunk at a time, all steps of a chunk before the next, so
+one chunk's parameters, gradients and optimizer state stay in the CPU's cache.
+What cannot be batched faithfully is refused by `VectorizedFit.unsupported`
+with the reason, and runs on the per-client path.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedloom.client.torch import TorchClient
+from fedloom.core import ClientId, Failure, FitIns, FitRes, Scalar, VectorSpec, Weights
+from fedloom.core.dispatch import run_task
+from fedloom.core.protocols import Client
+from fedloom.errors import ConfigError
+
+__all__ = ["VectorizedFit"]
+
+logger = logging.getLogger(__name__)
+
+_CHUNK_BYTES = {"cpu": 8 << 20, "accelerator": 1 << 30}
+"""Parameter bytes trained together: a few MiB stay in a CPU core's cache; a GPU takes all."""
+
+_LOSSES: tuple[type[nn.Module], ...] = (
+    nn.CrossEntropyLoss,
+    nn.NLLLoss,
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+)
+"""Losses whose ``reduction="mean"`` is the mean of their ``reduction="none"`` elements."""
+
+_RANDOM_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.RReLU,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Plan:
+    """One client's fit, checked and described for batching."""
+
+    client: TorchClient
+    ins: FitIns
+    group: tuple[object, ...]
+    """Clients with equal groups train in one batched computation."""
+    optimizer: OptimizerRule
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    epochs: int
+    seed: int
+
+
+class VectorizedFit:
+    """Trains many `TorchClient` fits at once with ``torch.func``, when their models allow it.
+
+    Works for networks whose training is a pure function of parameters and
+    data: linear models, MLPs, CNNs without batch statistics. Refused, with a
+    reason from `unsupported`: other client types, client plug-ins, data given
+    as a DataLoader, models with buffers (BatchNorm statistics) or random
+    layers (dropout), losses other than the common mean-reduced ones, and
+    optimizers other than SGD, Adam and AdamW with one parameter group.
+
+    Args:
+        device: where the batched computation runs ("cpu", "cuda", "cuda:1", ...).
+
+    Raises:
+        ConfigError: `device` names no device torch can use here.
+
+    Example:
+        >>> import torch
+        >>> from fedloom.client import TorchClient
+        >>> from fedloom.core import FitIns
+        >>> model = torch.nn.Linear(3, 2)
+        >>> data = (torch.randn(8, 3), torch.randint(0, 2, (8,)))
+        >>> client = TorchClient(model, data, batch_size=4)
+        >>> ins = FitIns(weights=client.get_weights(), config={"seed": 1})
+        >>> engine = VectorizedFit()
+        >>> engine.unsupported(client, ins) is None
+        True
+        >>> results = engine.fit({"a": (client, ins), "b": (client, ins)})
+        >>> results["a"].num_examples
+        8
+    """
+
+    def __init__(self, *, device: str = "cpu") -> None:
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'.",
+                field="device",
+                value=device,
+            ) from exc
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {device!r} was asked for, but torch sees no CUDA GPU here. "
+                "Use device='cpu', or install a CUDA build of torch on a machine with a GPU.",
+                field="device",
+                value=device,
+            )
+        kind = "cpu" if self.device.type == "cpu" else "accelerator"
+        self._chunk_bytes = _CHUNK_BYTES[kind]
+        self._reported: set[str] = set()
+
+    def unsupported(self, client: Client, ins: FitIns) -> str | None:
+        """Why this fit cannot be batched, or None when it can.
+
+        Args:
+            client: the client built for the task.
+            ins: the task.
+
+        Returns:
+            A sentence naming what stands in the way (and how to lift it), or None.
+        """
+        plan = _plan(client, ins)
+        return plan if isinstance(plan, str) else None
+
+    def fit(
+        self, jobs: Mapping[ClientId, tuple[Client, FitIns]]
+    ) -> dict[ClientId, FitRes | Failure]:
+        """Train every job; supported ones batched by architecture, the rest one by one.
+
+        Args:
+            jobs: the client built for each task, and the task.
+
+        Returns:
+            Each client's result, or a `Failure` naming what went wrong, in the order of `jobs`.
+        """
+        results: dict[ClientId, FitRes | Failure] = {}
+        groups: dict[tuple[object, ...], dict[ClientId, _Plan]] = {}
+        for client_id, (client, ins) in jobs.items():
+            plan = _plan(client, ins)
+            if isinstance(plan, str):
+                results[client_id] = self._one(client_id, client, ins)
+            else:
+                groups.setdefault(plan.group, {})[client_id] = plan
+        for plans in groups.values():
+            try:
+                results.update(self._train_group(plans))
+            except Exception as exc:  # the model cannot be batched after all: one by one
+                reason = (
+                    f"the batched computation raised {type(exc).__name__}: {exc}; these "
+                    "clients train one by one"
+                )
+                if reason not in self._reported:
+                    self._reported.add(reason)
+                    logger.warning("vectorized engine: %s", reason)
+                for client_id, plan in plans.items():
+                    results[client_id] = self._one(client_id, plan.client, plan.ins)
+        return {client_id: results[client_id] for client_id in jobs}
+
+    def _one(self, client_id: ClientId, client: Client, ins: FitIns) -> FitRes | Failure:
+        reply, _ = run_task(client, ins, {}, client_id=client_id)
+        assert isinstance(reply, FitRes | Failure)
+        return reply
+
+    def _train_group(self, plans: Mapping[ClientId, _Plan]) -> dict[ClientId, FitRes]:
+        """Train clients of one architecture, loss and optimizer; results share one buffer."""
+        first = next(iter(plans.values()))
+        model = first.client.model
+        loss_fn = _per_element(first.client.loss_fn)
+        parameters = dict(model.named_parameters())
+        names = list(parameters)
+        shapes = [tuple(parameters[name].shape) for name in names]
+        dtype = parameters[names[0]].dtype
+        spec = VectorSpec(
+            names=tuple(names),
+            shapes=tuple(shapes),
+            dtype=str(torch.empty(0, dtype=dtype).numpy().dtype),
+        )
+        order = sorted(plans, key=lambda cid: -_steps(plans[cid]))  # similar lengths share a chunk
+        schedules = [_Schedule.of(plans[cid]) for cid in order]
+        buffer = torch.empty(len(order), spec.size, dtype=dtype, device=self.device)
+        _load_rows(buffer, [plans[cid].ins.weights for cid in order], spec)
+        step = _batched_step(model, loss_fn)
+        trainable = [name for name in names if parameters[name].requires_grad]
+        per_client = max(1, spec.size * buffer.element_size())
+        chunk = max(1, self._chunk_bytes // per_client)
+        losses: list[torch.Tensor] = []
+        model.train()
+        for start in range(0, len(order), chunk):
+            rows = buffer[start : start + chunk]
+            views = _views(rows, spec)
+            losses.append(
+                _train_chunk(
+                    step,
+                    views,
+                    trainable,
+                    schedules[start : start + chunk],
+                    first.optimizer,
+                    self.device,
+                )
+            )
+        flat = buffer.cpu().numpy()
+        step_losses = torch.cat(losses).cpu().numpy().astype(np.float64)
+        results: dict[ClientId, FitRes] = {}
+        for row, (client_id, schedule) in enumerate(zip(order, schedules, strict=True)):
+            metrics: dict[str, Scalar] = {"loss": schedule.mean_loss(step_losses[row])}
+            weights = Weights.from_flat(spec, flat[row])
+            results[client_id] = FitRes(weights, schedule.num_examples, metrics)
+        return results
+
+
+@dataclass(frozen=True, slots=True)
+class _Schedule:
+    """One client's batches: sample indices per step, as its `TorchClient` would draw them."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    batches: list[torch.Tensor]
+    last_epoch: int
+    """Index of the first step of the last epoch (the ``loss`` metric is that epoch's)."""
+
+    @classmethod
+    def of(cls, plan: _Plan) -> _Schedule:
+        inputs, targets = plan.inputs, plan.targets
+        count, size = len(targets), plan.client.batch_size
+        generator = torch.Generator().manual_seed(plan.seed)
+        batches: list[torch.Tensor] = []
+        for _ in range(plan.epochs):
+            order = torch.randperm(count, generator=generator)
+            batches.extend(torch.split(order, size))
+        return cls(inputs, targets, batches, max(0, len(batches) - math.ceil(count / size)))
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.targets)
+
+    def mean_loss(self, losses: np.ndarray) -> float:
+        """The last epoch's loss per sample, summed batch by batch as `TorchClient` sums it."""
+        total = 0.0
+        for index in range(self.last_epoch, len(self.batches)):
+            total += float(losses[index]) * len(self.batches[index])
+        return total / self.num_examples
+
+
+def _steps(plan: _Plan) -> int:
+    return max(0, plan.epochs) * math.ceil(len(plan.targets) / plan.client.batch_size)
+
+
+StepFn = Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]
+
+
+def _batched_step(model: nn.Module, loss_fn: _ElementLoss) -> StepFn:
+    """``(trainable, frozen, inputs, targets, mask) -> (gradients, losses)`` over clients."""
+
+    def client_loss(
+        trainable: dict[str, torch.Tensor],
+        frozen: dict[str, torch.Tensor],
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        outputs = functional_call(model, {**trainable, **frozen}, (inputs,))
+        return loss_fn(outputs, targets, mask)
+
+    return vmap(grad_and_value(client_loss))
+
+
+def _train_chunk(
+    step: StepFn,
+    views: dict[str, torch.Tensor],
+    trainable: Sequence[str],
+    schedules: Sequence[_Schedule],
+    rule: OptimizerRule,
+    device: torch.device,
+) -> torch.Tensor:
+    """Run every step of a chunk of clients on `views`, in place; each client's loss per step."""
+    steps = len(schedules[0].batches)  # the longest: chunks are sorted by steps
+    inputs, targets, mask, active = _stack_data(schedules, steps, device)
+    parameters = {name: views[name] for name in trainable}
+    frozen = {name: value for name, value in views.items() if name not in parameters}
+    state = rule.init(parameters)
+    losses = torch.zeros(len(schedules), steps, device=device)
+    for index in range(steps):
+        gradients, loss = step(
+            parameters, frozen, inputs[:, index], targets[:, index], mask[:, index]
+        )
+        losses[:, index] = loss.detach()
+        rows = active[index]
+        if rows is None:
+            rule.step(parameters, gradients, state, index + 1)
+        else:  # clients whose steps are done keep their parameters and optimizer state
+            kept = [(tensor, tensor[~rows].clone()) for tensor in _tensors(parameters, state)]
+            rule.step(parameters, gradients, state, index + 1)
+            for tensor, saved in kept:
+                tensor[~rows] = saved
+    return losses
+
+
+def _tensors(
+    parameters: dict[str, torch.Tensor], state: dict[str, dict[str, torch.Tensor]]
+) -> Iterator[torch.Tensor]:
+    yield from parameters.values()
+    for slots in state.values():
+        yield from slots.values()
+
+
+def _stack_data(
+    schedules: Sequence[_Schedule], steps: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+    """Every client's batches gathered once into ``[clients, steps, batch, ...]``, with masks.
+
+    Padding repeats a real sample (so every forward pass sees finite values)
+    with mask 0; ``active[step]`` is None when every client has that step.
+    """
+    size = max(len(batch) for schedule in schedules for batch in schedule.batches)
+    clients = len(schedules)
+    counts = torch.zeros(clients, steps, dtype=torch.int64)
+    index = torch.zeros(clients, steps * size, dtype=torch.int64)
+    for row, schedule in enumerate(schedules):
+        for number, batch in enumerate(schedule.batches):
+            counts[row, number] = len(batch)
+            index[row, number * size : number * size + len(batch)] = batch
+    sample = schedules[0]
+    inputs = torch.empty(
+        (clients, steps * size, *sample.inputs.shape[1:]), dtype=sample.inputs.dtype
+    )
+    targets = torch.empty(
+        (clients, steps * size, *sample.targets.shape[1:]), dtype=sample.targets.dtype
+    )
+    for row, schedule in enumerate(schedules):
+        rows = index[row].to(schedule.inputs.device)
+        inputs[row] = torch.index_select(schedule.inputs, 0, rows).cpu()
+        targets[row] = torch.index_select(schedule.targets, 0, rows).cpu()
+    mask = (torch.arange(size) < counts.unsqueeze(-1)).to(
+        inputs.dtype if inputs.is_floating_point() else torch.float32
+    )
+    has_step = counts > 0
+    active: list[torch.Tensor | None] = [
+        None if bool(has_step[:, number].all()) else has_step[:, number].to(device)
+        for number in range(steps)
+    ]
+    shape = (clients, steps, size)
+    return (
+        inputs.view(*shape, *sample.inputs.shape[1:]).to(device),
+        targets.view(*shape, *sample.targets.shape[1:]).to(device),
+        mask.to(device),
+        active,
+    )
+
+
+def _views(rows: torch.Tensor, spec: VectorSpec) -> dict[str, torch.Tensor]:
+    """Each tensor of `spec` as a ``[clients, *shape]`` view of the flat rows (no copy)."""
+    views: dict[str, torch.Tensor] = {}
+    offset = 0
+    for name, shape, size in zip(spec.names, spec.shapes, spec.sizes, strict=True):
+        views[name] = rows[:, offset : offset + size].view(len(rows), *shape)
+        offset += size
+    return views
+
+
+def _load_rows(buffer: torch.Tensor, weights: Sequence[Weights], spec: VectorSpec) -> None:
+    """Copy each client's starting weights into its row; one broadcast when they are shared."""
+    first = weights[0]
+    if all(w is first for w in weights) and first.spec.names == spec.names:
+        buffer.copy_(_as_tensor(first.flat).expand_as(buffer))
+        return
+    for row, received in enumerate(weights):
+        if received.spec.names == spec.names:
+            buffer[row].copy_(_as_tensor(received.flat))
+            continue
+        views = _views(buffer[row : row + 1], spec)
+        for name in received:
+            views[name][0].copy_(torch.from_numpy(received[name].copy()))
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing `array`'s memory, which must only ever be read."""
+    with warnings.catch_warnings():  # torch warns that writing would be undefined; we never do
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+class _ElementLoss:
+    """A mean-reduced loss as the masked mean of its per-element values (one client, one batch)."""
+
+    def __init__(self, loss_fn: nn.Module) -> None:
+        self.loss_fn = copy.copy(loss_fn)
+        setattr(self.loss_fn, "reduction", "none")  # noqa: B010 (nn.Module types attributes loosely)
+        self.ignore_index: int | None = getattr(loss_fn, "ignore_index", None)
+
+    def __call__(
+        self, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        values = self.loss_fn(outputs, targets)
+        weight = mask.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
+        if self.ignore_index is not None and not targets.is_floating_point():
+            weight = weight * (targets != self.ignore_index).to(weight.dtype)
+        total: torch.Tensor = (values * weight).sum() / weight.sum().clamp_min(1)
+        return total
+
+
+def _per_element(loss_fn: nn.Module) -> _ElementLoss:
+    return _ElementLoss(loss_fn)
+
+
+def _plan(client: Client, ins: FitIns) -> _Plan | str:
+    """The client's fit described for batching, or why it cannot be batched."""
+    if not isinstance(client, TorchClient) or any(
+        getattr(type(client), method) is not getattr(TorchClient, method)
+        for method in ("fit", "_train", "_batches", "set_weights", "get_weights")
+    ):
+        return (
+            f"the client is a {type(client).__name__}, whose training the vectorized engine "
+            "does not know; it batches TorchClient's own training loop only"
+        )
+    if ins.config.get("plugins"):
+        return (
+            f"the strategy's client plug-ins ({ins.config['plugins']}) change local training "
+            "and keep per-client state; they run on the per-client path"
+        )
+    if not isinstance(client.train_data, tuple):  # a DataLoader
+        return (
+            "the client's training data is a DataLoader, whose batches the engine cannot "
+            "gather; pass train=(inputs, targets) tensors to TorchClient"
+        )
+    model = client.model
+    reason = _model_problem(model, ins) or _loss_problem(client.loss_fn)
+    if reason is not None:
+        return reason
+    optimizer = client.optimizer(model.parameters())
+    if "lr" in ins.config:
+        for settings in optimizer.param_groups:
+            settings["lr"] = float(ins.config["lr"])
+    rule = describe_optimizer(optimizer, list(model.parameters()))
+    if isinstance(rule, str):
+        return rule
+    architecture = tuple(
+        (name, type(module), _attributes(module)) for name, module in model.named_modules()
+    )
+    parameters = tuple(
+        (name, tuple(value.shape), value.dtype, value.requires_grad)
+        for name, value in model.named_parameters()
+    )
+    group: tuple[object, ...] = (
+        architecture,
+        parameters,
+        type(client.loss_fn),
+        _attributes(client.loss_fn),
+        rule,
+    )
+    epochs = int(ins.config.get("local_epochs", client.local_epochs))
+    inputs, targets = client.train_data
+    return _Plan(
+        client=client,
+        ins=ins,
+        group=group,
+        optimizer=rule,
+        inputs=inputs,
+        targets=targets,
+        epochs=epochs,
+        seed=int(ins.config.get("seed", 0)),
+    )
+
+
+def _model_problem(model: nn.Module, ins: FitIns) -> str | None:
+    buffers = [name for name, _ in model.named_buffers()]
+    if buffers:
+        return (
+            f"the model has buffers ({_listed(buffers)}), "
+            "such as BatchNorm's running statistics, which change during training; use "
+            "GroupNorm or LayerNorm (no running statistics) to batch it"
+        )
+    random = sorted(
+        {type(m).__name__ for m in model.modules() if isinstance(m, _RANDOM_MODULES) and _random(m)}
+    )
+    if random:
+        return (
+            f"the model has random layers ({', '.join(random)}) whose draws a batched run "
+            "cannot reproduce; without them (or with p=0) it can be batched"
+        )
+    parameters = dict(model.named_parameters())
+    names = tuple(name for name, value in model.state_dict().items() if value.is_floating_point())
+    if names != tuple(parameters):
+        return (
+            "the model shares parameters between layers, or holds state that is not a "
+            "parameter; the vectorized engine needs one tensor per parameter"
+        )
+    if not parameters:
+        return "the model has no parameters to train"
+    dtypes = {value.dtype for value in parameters.values()}
+    if len(dtypes) != 1 or next(iter(dtypes)).is_complex:
+        return (
+            f"the model's parameters are of several or complex dtypes "
+            f"({_listed(sorted(map(str, dtypes)))}); "
+            "the vectorized engine trains models of one real dtype"
+        )
+    received = ins.weights.spec
+    expected = {name: tuple(value.shape) for name, value in parameters.items()}
+    if dict(zip(received.names, received.shapes, strict=True)) != expected:
+        return "the weights sent do not match the client's model (names or shapes differ)"
+    return None
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def _random(module: nn.Module) -> bool:
+    if isinstance(module, nn.RReLU):
+        return True
+    return float(getattr(module, "p", 0.0)) > 0
+
+
+def _loss_problem(loss_fn: nn.Module) -> str | None:
+    if type(loss_fn) not in _LOSSES or getattr(loss_fn, "reduction", None) != "mean":
+        known = ", ".join(loss.__name__ for loss in _LOSSES)
+        return (
+            f"the loss {type(loss_fn).__name__} (reduction "
+            f"{getattr(loss_fn, 'reduction', None)!r}) is not one the vectorized engine can "
+            f"mask; it batches {known} with reduction='mean'"
+        )
+    if isinstance(loss_fn, nn.CrossEntropyLoss | nn.NLLLoss) and loss_fn.weight is not None:
+        return (
+            f"{type(loss_fn).__name__} with class weights averages by weight, which the "
+            "vectorized engine does not reproduce; it batches the unweighted loss"
+        )
+    return None
+
+
+def _attributes(module: nn.Module) -> tuple[tuple[str, object], ...]:
+    """A module's plain settings (sizes, flags, rates): part of what makes architectures equal."""
+    return tuple(
+        (key, value)
+        for key, value in vars(module).items()
+        if not key.startswith("_")
+        and key != "training"
+        and isinstance(value, bool | int | float | str | tuple | type(None))
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OptimizerRule:
+    """A torch optimizer's update, applied to stacked ``[clients, ...]`` tensors.
+
+    ``kind`` is ``"sgd"`` (``torch.optim.SGD``) or ``"adam"`` (``torch.optim.Adam``,
+    and ``AdamW`` as Adam with decoupled weight decay). Each `step` does what
+    that optimizer's single-tensor step does, operation for operation.
+    """
+
+    kind: str
+    lr: float
+    weight_decay: float = 0.0
+    maximize: bool = False
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    amsgrad: bool = False
+    decoupled_weight_decay: bool = False
+
+    def init(self, parameters: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """The optimizer state of every parameter before the first step."""
+        if self.kind == "sgd":
+            return {name: {} for name in parameters}
+        slots = (
+            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+            if self.amsgrad
+            else ("exp_avg", "exp_avg_sq")
+        )
+        return {
+            name: {
+                slot: torch.zeros_like(value, memory_format=torch.contiguous_format)
+                for slot in slots
+            }
+            for name, value in parameters.items()
+        }
+
+    def step(
+        self,
+        parameters: Mapping[str, torch.Tensor],
+        gradients: Mapping[str, torch.Tensor],
+        state: dict[str, dict[str, torch.Tensor]],
+        number: int,
+    ) -> None:
+        """Update `parameters` in place with their `gradients`; `number` counts steps from 1."""
+        for name, parameter in parameters.items():
+            gradient = gradients[name] if not self.maximize else -gradients[name]
+            if self.kind == "sgd":
+                self._sgd(parameter, gradient, state[name])
+            else:
+                self._adam(parameter, gradient, state[name], number)
+
+    def _sgd(
+        self, parameter: torch.Tensor, gradient: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> None:
+        if self.weight_decay != 0:
+            gradient = gradient.add(parameter, alpha=self.weight_decay)
+        if self.momentum != 0:
+            buffer = state.get("momentum")
+            if buffer is None:
+                buffer = state["momentum"] = gradient.detach().clone()
+            else:
+                buffer.mul_(self.momentum).add_(gradient, alpha=1 - self.dampening)
+            gradient = gradient.add(buffer, alpha=self.momentum) if self.nesterov else buffer
+        parameter.add_(gradient, alpha=-self.lr)
+
+    def _adam(
+        self,
+        parameter: torch.Tensor,
+        gradient: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        number: int,
+    ) -> None:
+        beta1, beta2 = self.betas
+        if self.weight_decay != 0:
+            if self.decoupled_weight_decay:
+                parameter.mul_(1 - self.lr * self.weight_decay)
+            else:
+                gradient = gradient.add(parameter, alpha=self.weight_decay)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(gradient, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+        step = float(number)
+        step_size = self.lr / (1 - beta1**step)
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        if self.amsgrad:
+            highest = state["max_exp_avg_sq"]
+            torch.maximum(highest, exp_avg_sq, out=highest)
+            denom = (highest.sqrt() / bias_correction2_sqrt).add_(self.eps)
+        else:
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+        parameter.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def describe_optimizer(
+    optimizer: torch.optim.Optimizer, parameters: Sequence[torch.Tensor]
+) -> OptimizerRule | str:
+    """The rule that reproduces `optimizer` on stacked tensors, or why there is none."""
+    name = type(optimizer).__name__
+    if type(optimizer) not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+        return (
+            f"the local optimizer {name} is not one the vectorized engine reproduces; it "
+            "batches SGD (with momentum, dampening, weight decay, Nesterov), Adam and AdamW"
+        )
+    groups = optimizer.param_groups
+    if len(groups) != 1 or {id(p) for p in groups[0]["params"]} != {id(p) for p in parameters}:
+        return (
+            f"the local optimizer {name} has several parameter groups, or leaves some of the "
+            "model's parameters out; the vectorized engine batches one group over every parameter"
+        )
+    group = groups[0]
+    lr, weight_decay = float(group["lr"]), float(group["weight_decay"])
+    maximize = bool(group["maximize"])
+    if type(optimizer) is torch.optim.SGD:
+        return OptimizerRule(
+            kind="sgd",
+            lr=lr,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            momentum=float(group["momentum"]),
+            dampening=float(group["dampening"]),
+            nesterov=bool(group["nesterov"]),
+        )
+    beta1, beta2 = group["betas"]
+    return OptimizerRule(
+        kind="adam",
+        lr=lr,
+        weight_decay=weight_decay,
+        maximize=maximize,
+        betas=(float(beta1), float(beta2)),
+        eps=float(group["eps"]),
+        amsgrad=bool(group["amsgrad"]),
+        decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False))
+        or type(optimizer) is torch.optim.AdamW,
+    )
