@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import weakref
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -50,8 +52,43 @@ class _Split:
         return self._indices[start:stop]
 
 
-SplitCache = dict[bytes, _Split]
-"""Where a simulation keeps the splits it computed, one compact entry per distinct split."""
+class SplitCache:
+    """Where a simulation keeps the splits it computed, one compact entry per distinct split.
+
+    A split is keyed by a hash of the labels' bytes, the partitioner and the
+    seed, so every client with equal labels shares it. Hashing large labels
+    for every task would cost more than small clients' training, so a labels
+    array already seen is recognised by identity (while it is alive): do not
+    modify labels in place during a run.
+    """
+
+    __slots__ = ("_by_identity", "_splits")
+
+    def __init__(self) -> None:
+        self._splits: dict[bytes, _Split] = {}
+        self._by_identity: dict[tuple[int, str], tuple[weakref.ref[Any], bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._splits)
+
+    def part(
+        self, labels: ArrayLike, partitioner: Partitioner, num_partitions: int, *, seed: int
+    ) -> tuple[bytes, _Split]:
+        """The split of `labels` (computed on first use), and its key."""
+        identity = (id(labels), f"{partitioner!r}/{num_partitions}/{seed}")
+        known = self._by_identity.get(identity)
+        if known is not None and known[0]() is labels:
+            return known[1], self._splits[known[1]]
+        array = np.ascontiguousarray(labels)
+        digest = hashlib.blake2b(array.tobytes(), digest_size=16)
+        digest.update(repr((array.dtype.str, array.shape, num_partitions, seed)).encode())
+        digest.update(repr(partitioner).encode())
+        key = digest.digest()
+        if key not in self._splits:
+            self._splits[key] = _Split(partitioner.split(array, num_partitions, seed=seed))
+        with contextlib.suppress(TypeError):  # a list cannot be weakly referenced: hashed each time
+            self._by_identity[identity] = (weakref.ref(labels), key)
+        return key, self._splits[key]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,13 +132,5 @@ class ClientContext:
             return self.partitioner.split(labels, self.num_partitions, seed=self.seed)[
                 self.partition_id
             ]
-        array = np.ascontiguousarray(labels)
-        digest = hashlib.blake2b(array.tobytes(), digest_size=16)
-        digest.update(repr((array.dtype.str, array.shape, self.num_partitions, self.seed)).encode())
-        digest.update(repr(self.partitioner).encode())
-        key = digest.digest()
-        if key not in self.cache:
-            parts = self.partitioner.split(array, self.num_partitions, seed=self.seed)
-            self.cache[key] = _Split(parts)
-            del parts
-        return self.cache[key].part(self.partition_id)
+        _, split = self.cache.part(labels, self.partitioner, self.num_partitions, seed=self.seed)
+        return split.part(self.partition_id)

@@ -267,7 +267,7 @@ class InProcessChannel:
         self._device = device
         self.states = ClientStates()
         """The plug-in state each client keeps between its tasks."""
-        self._partitions: SplitCache = {}  # splits computed once, kept compactly
+        self._partitions = SplitCache()  # splits computed once, kept compactly
         self._latency = latency
         self._fleet = fleet
         self._executor: Executor = executor if executor is not None else LocalExecutor(client_fn)
@@ -318,18 +318,23 @@ class InProcessChannel:
         ready: dict[int, Reply] = {}
         next_position = 0
         replies = self._executor.execute(jobs) if jobs else iter(())
-        while next_position < len(planned):
-            _, _, client_id, outcome = planned[next_position]
-            if isinstance(outcome, Failure):
+        try:
+            while next_position < len(planned):
+                _, _, client_id, outcome = planned[next_position]
+                if isinstance(outcome, Failure):
+                    next_position += 1
+                    yield client_id, outcome
+                    continue
+                while next_position not in ready:  # replies may come out of order: keep them
+                    index, reply, state = next(replies)
+                    self._keep(jobs[index], state)
+                    ready[slots[index]] = reply
+                yield client_id, ready.pop(next_position)
                 next_position += 1
-                yield client_id, outcome
-                continue
-            while next_position not in ready:  # replies may come out of order: keep them
-                index, reply, state = next(replies)
-                self._keep(jobs[index], state)
-                ready[slots[index]] = reply
-            yield client_id, ready.pop(next_position)
-            next_position += 1
+        finally:
+            close = getattr(replies, "close", None)
+            if close is not None:  # let the executor tidy up now, not when collected
+                close()
 
     def submit(self, tasks: Mapping[ClientId, Task]) -> None:
         jobs: list[Job] = []
