@@ -24,6 +24,7 @@ import copy
 import logging
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ from fedloom.core import ClientId, Failure, FitIns, FitRes, Scalar, VectorSpec, 
 from fedloom.core.dispatch import run_task
 from fedloom.core.protocols import Client
 from fedloom.errors import ConfigError
+from fedloom.simulation._vectorized_lowrank import LowRankSGD, low_rank_layers
 
 __all__ = ["VectorizedFit"]
 
@@ -134,6 +136,8 @@ class VectorizedFit:
         kind = "cpu" if self.device.type == "cpu" else "accelerator"
         self._chunk_bytes = _CHUNK_BYTES[kind]
         self._reported: set[str] = set()
+        self._planner = _Planner()
+        self._pending: dict[int, tuple[Client, FitIns, _Plan]] = {}
 
     def unsupported(self, client: Client, ins: FitIns) -> str | None:
         """Why this fit cannot be batched, or None when it can.
@@ -145,8 +149,11 @@ class VectorizedFit:
         Returns:
             A sentence naming what stands in the way (and how to lift it), or None.
         """
-        plan = _plan(client, ins)
-        return plan if isinstance(plan, str) else None
+        plan = self._planner.plan(client, ins)
+        if isinstance(plan, str):
+            return plan
+        self._pending[id(client)] = (client, ins, plan)  # fit() takes it from here
+        return None
 
     def fit(
         self, jobs: Mapping[ClientId, tuple[Client, FitIns]]
@@ -162,11 +169,16 @@ class VectorizedFit:
         results: dict[ClientId, FitRes | Failure] = {}
         groups: dict[tuple[object, ...], dict[ClientId, _Plan]] = {}
         for client_id, (client, ins) in jobs.items():
-            plan = _plan(client, ins)
+            pending = self._pending.get(id(client))
+            if pending is not None and pending[0] is client and pending[1] is ins:
+                plan: _Plan | str = pending[2]
+            else:
+                plan = self._planner.plan(client, ins)
             if isinstance(plan, str):
                 results[client_id] = self._one(client_id, client, ins)
             else:
                 groups.setdefault(plan.group, {})[client_id] = plan
+        self._pending.clear()
         for plans in groups.values():
             try:
                 results.update(self._train_group(plans))
@@ -204,28 +216,39 @@ class VectorizedFit:
         order = sorted(plans, key=lambda cid: -_steps(plans[cid]))  # similar lengths share a chunk
         schedules = [_Schedule.of(plans[cid]) for cid in order]
         buffer = torch.empty(len(order), spec.size, dtype=dtype, device=self.device)
-        _load_rows(buffer, [plans[cid].ins.weights for cid in order], spec)
-        step = _batched_step(model, loss_fn)
-        trainable = [name for name in names if parameters[name].requires_grad]
-        per_client = max(1, spec.size * buffer.element_size())
-        chunk = max(1, self._chunk_bytes // per_client)
-        losses: list[torch.Tensor] = []
+        starts = [plans[cid].ins.weights for cid in order]
+        steps = _steps(plans[order[0]]) if order else 0
+        losses = torch.zeros(len(order), steps, dtype=dtype, device=self.device)
         model.train()
-        for start in range(0, len(order), chunk):
-            rows = buffer[start : start + chunk]
-            views = _views(rows, spec)
-            losses.append(
-                _train_chunk(
+        layers = _low_rank(model, first.optimizer, starts)
+        if layers is not None and steps:
+            inputs, targets, mask, _ = _stack_data(schedules, steps, self.device, dtype)
+            lr = -first.optimizer.lr if first.optimizer.maximize else first.optimizer.lr
+            initial = {
+                name: torch.from_numpy(starts[0][name].copy()).to(self.device, dtype)
+                for name in names
+            }
+            trainer = LowRankSGD(layers, _views(buffer, spec), initial, lr)
+            losses = trainer.train(inputs, targets, mask, loss_fn.batched)
+        else:
+            _load_rows(buffer, starts, spec)
+            step = _batched_step(model, loss_fn)
+            trainable = [name for name in names if parameters[name].requires_grad]
+            per_client = max(1, spec.size * buffer.element_size())
+            chunk = max(1, self._chunk_bytes // per_client)
+            for start in range(0, len(order), chunk):
+                part = schedules[start : start + chunk]
+                done = _train_chunk(
                     step,
-                    views,
+                    _views(buffer[start : start + chunk], spec),
                     trainable,
-                    schedules[start : start + chunk],
+                    part,
                     first.optimizer,
                     self.device,
                 )
-            )
+                losses[start : start + len(part), : done.shape[1]] = done
         flat = buffer.cpu().numpy()
-        step_losses = torch.cat(losses).cpu().numpy().astype(np.float64)
+        step_losses = losses.cpu().numpy().astype(np.float64)
         results: dict[ClientId, FitRes] = {}
         for row, (client_id, schedule) in enumerate(zip(order, schedules, strict=True)):
             metrics: dict[str, Scalar] = {"loss": schedule.mean_loss(step_losses[row])}
@@ -236,24 +259,40 @@ class VectorizedFit:
 
 @dataclass(frozen=True, slots=True)
 class _Schedule:
-    """One client's batches: sample indices per step, as its `TorchClient` would draw them."""
+    """One client's batches as its `TorchClient` draws them: sample indices per step.
+
+    ``index[step]`` holds the step's ``batch_size`` indices, the last batch of
+    an epoch padded with index 0; ``counts[step]`` how many are real.
+    """
 
     inputs: torch.Tensor
     targets: torch.Tensor
-    batches: list[torch.Tensor]
-    last_epoch: int
-    """Index of the first step of the last epoch (the ``loss`` metric is that epoch's)."""
+    index: torch.Tensor
+    counts: torch.Tensor
+    per_epoch: int
 
     @classmethod
     def of(cls, plan: _Plan) -> _Schedule:
-        inputs, targets = plan.inputs, plan.targets
-        count, size = len(targets), plan.client.batch_size
+        count, size = len(plan.targets), plan.client.batch_size
+        per_epoch = math.ceil(count / size)
         generator = torch.Generator().manual_seed(plan.seed)
-        batches: list[torch.Tensor] = []
-        for _ in range(plan.epochs):
-            order = torch.randperm(count, generator=generator)
-            batches.extend(torch.split(order, size))
-        return cls(inputs, targets, batches, max(0, len(batches) - math.ceil(count / size)))
+        epochs = max(0, plan.epochs)
+        index = torch.zeros(epochs, per_epoch * size, dtype=torch.int64)
+        for epoch in range(epochs):  # one draw per epoch, as TorchClient's loop draws them
+            index[epoch, :count] = torch.randperm(count, generator=generator)
+        counts = torch.full((epochs, per_epoch), size, dtype=torch.int64)
+        counts[:, -1] = count - (per_epoch - 1) * size
+        return cls(
+            plan.inputs,
+            plan.targets,
+            index.view(epochs * per_epoch, size),
+            counts.view(-1),
+            per_epoch,
+        )
+
+    @property
+    def steps(self) -> int:
+        return len(self.counts)
 
     @property
     def num_examples(self) -> int:
@@ -262,8 +301,10 @@ class _Schedule:
     def mean_loss(self, losses: np.ndarray) -> float:
         """The last epoch's loss per sample, summed batch by batch as `TorchClient` sums it."""
         total = 0.0
-        for index in range(self.last_epoch, len(self.batches)):
-            total += float(losses[index]) * len(self.batches[index])
+        first = max(0, self.steps - self.per_epoch)
+        counts = self.counts[first:].tolist()
+        for loss, count in zip(losses[first : self.steps].tolist(), counts, strict=True):
+            total += loss * count
         return total / self.num_examples
 
 
@@ -299,12 +340,16 @@ def _train_chunk(
     device: torch.device,
 ) -> torch.Tensor:
     """Run every step of a chunk of clients on `views`, in place; each client's loss per step."""
-    steps = len(schedules[0].batches)  # the longest: chunks are sorted by steps
-    inputs, targets, mask, active = _stack_data(schedules, steps, device)
+    steps = schedules[0].steps  # the longest: chunks are sorted by steps
     parameters = {name: views[name] for name in trainable}
+    losses = torch.zeros(
+        len(schedules), steps, dtype=next(iter(views.values())).dtype, device=device
+    )
+    if not steps:
+        return losses
+    inputs, targets, mask, active = _stack_data(schedules, steps, device, losses.dtype)
     frozen = {name: value for name, value in views.items() if name not in parameters}
     state = rule.init(parameters)
-    losses = torch.zeros(len(schedules), steps, device=device)
     for index in range(steps):
         gradients, loss = step(
             parameters, frozen, inputs[:, index], targets[:, index], mask[:, index]
@@ -330,21 +375,21 @@ def _tensors(
 
 
 def _stack_data(
-    schedules: Sequence[_Schedule], steps: int, device: torch.device
+    schedules: Sequence[_Schedule], steps: int, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
     """Every client's batches gathered once into ``[clients, steps, batch, ...]``, with masks.
 
     Padding repeats a real sample (so every forward pass sees finite values)
     with mask 0; ``active[step]`` is None when every client has that step.
     """
-    size = max(len(batch) for schedule in schedules for batch in schedule.batches)
+    size = max(schedule.index.shape[1] for schedule in schedules)
     clients = len(schedules)
     counts = torch.zeros(clients, steps, dtype=torch.int64)
-    index = torch.zeros(clients, steps * size, dtype=torch.int64)
+    index = torch.zeros(clients, steps, size, dtype=torch.int64)
     for row, schedule in enumerate(schedules):
-        for number, batch in enumerate(schedule.batches):
-            counts[row, number] = len(batch)
-            index[row, number * size : number * size + len(batch)] = batch
+        counts[row, : schedule.steps] = schedule.counts
+        index[row, : schedule.steps, : schedule.index.shape[1]] = schedule.index
+    index = index.view(clients, steps * size)
     sample = schedules[0]
     inputs = torch.empty(
         (clients, steps * size, *sample.inputs.shape[1:]), dtype=sample.inputs.dtype
@@ -353,12 +398,14 @@ def _stack_data(
         (clients, steps * size, *sample.targets.shape[1:]), dtype=sample.targets.dtype
     )
     for row, schedule in enumerate(schedules):
-        rows = index[row].to(schedule.inputs.device)
-        inputs[row] = torch.index_select(schedule.inputs, 0, rows).cpu()
-        targets[row] = torch.index_select(schedule.targets, 0, rows).cpu()
-    mask = (torch.arange(size) < counts.unsqueeze(-1)).to(
-        inputs.dtype if inputs.is_floating_point() else torch.float32
-    )
+        if schedule.inputs.device.type == "cpu":  # gathered straight into place
+            torch.index_select(schedule.inputs, 0, index[row], out=inputs[row])
+            torch.index_select(schedule.targets, 0, index[row], out=targets[row])
+        else:
+            rows = index[row].to(schedule.inputs.device)
+            inputs[row] = torch.index_select(schedule.inputs, 0, rows).cpu()
+            targets[row] = torch.index_select(schedule.targets, 0, rows).cpu()
+    mask = (torch.arange(size) < counts.unsqueeze(-1)).to(dtype)
     has_step = counts > 0
     active: list[torch.Tensor | None] = [
         None if bool(has_step[:, number].all()) else has_step[:, number].to(device)
@@ -423,71 +470,135 @@ class _ElementLoss:
         total: torch.Tensor = (values * weight).sum() / weight.sum().clamp_min(1)
         return total
 
+    def batched(
+        self, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Each client's masked mean loss, ``[clients]``, from ``[clients, batch, ...]`` inputs."""
+        clients, batch = mask.shape
+        values = self.loss_fn(outputs.flatten(0, 1), targets.flatten(0, 1))
+        values = values.view(clients, batch, *values.shape[1:])
+        weight = mask.view(clients, batch, *([1] * (values.dim() - 2))).expand_as(values)
+        if self.ignore_index is not None and not targets.is_floating_point():
+            weight = weight * (targets != self.ignore_index).to(weight.dtype)
+        total = (values * weight).flatten(1).sum(1)
+        count = weight.flatten(1).sum(1).clamp_min(1)
+        per_client: torch.Tensor = total / count
+        return per_client
+
+
+def _low_rank(
+    model: nn.Module, rule: OptimizerRule, starts: Sequence[Weights]
+) -> list[tuple[str, nn.Module]] | None:
+    """The model's layers when plain SGD from one shared start can take the low-rank form."""
+    plain = rule.kind == "sgd" and rule.momentum == 0 and rule.weight_decay == 0
+    if not plain or not all(start is starts[0] for start in starts):
+        return None
+    return low_rank_layers(model)
+
 
 def _per_element(loss_fn: nn.Module) -> _ElementLoss:
     return _ElementLoss(loss_fn)
 
 
-def _plan(client: Client, ins: FitIns) -> _Plan | str:
-    """The client's fit described for batching, or why it cannot be batched."""
-    if not isinstance(client, TorchClient) or any(
-        getattr(type(client), method) is not getattr(TorchClient, method)
-        for method in ("fit", "_train", "_batches", "set_weights", "get_weights")
-    ):
-        return (
-            f"the client is a {type(client).__name__}, whose training the vectorized engine "
-            "does not know; it batches TorchClient's own training loop only"
+class _Planner:
+    """Describes fits for batching; what depends only on a model or optimizer is kept per model.
+
+    Clients built by one process for one round often share their model object
+    (a client builds it once and reloads the weights): its checks then run once.
+    """
+
+    def __init__(self) -> None:
+        self._models: weakref.WeakKeyDictionary[nn.Module, _ModelFacts | str] = (
+            weakref.WeakKeyDictionary()
         )
-    if ins.config.get("plugins"):
-        return (
-            f"the strategy's client plug-ins ({ins.config['plugins']}) change local training "
-            "and keep per-client state; they run on the per-client path"
+        self._optimizers: weakref.WeakKeyDictionary[
+            nn.Module, dict[tuple[object, object], OptimizerRule | str]
+        ] = weakref.WeakKeyDictionary()
+
+    def plan(self, client: Client, ins: FitIns) -> _Plan | str:
+        """The client's fit described for batching, or why it cannot be batched."""
+        if not isinstance(client, TorchClient) or any(
+            getattr(type(client), method) is not getattr(TorchClient, method)
+            for method in ("fit", "_train", "_batches", "set_weights", "get_weights")
+        ):
+            return (
+                f"the client is a {type(client).__name__}, whose training the vectorized engine "
+                "does not know; it batches TorchClient's own training loop only"
+            )
+        if ins.config.get("plugins"):
+            return (
+                f"the strategy's client plug-ins ({ins.config['plugins']}) change local "
+                "training and keep per-client state; they run on the per-client path"
+            )
+        if not isinstance(client.train_data, tuple):  # a DataLoader
+            return (
+                "the client's training data is a DataLoader, whose batches the engine cannot "
+                "gather; pass train=(inputs, targets) tensors to TorchClient"
+            )
+        model = client.model
+        facts = self._models.get(model)
+        if facts is None:
+            facts = self._models[model] = _model_facts(model)
+        if isinstance(facts, str):
+            return facts
+        received = ins.weights.spec
+        if not _same_layout(received, facts):
+            return "the weights sent do not match the client's model (names or shapes differ)"
+        loss = _loss_problem(client.loss_fn)
+        if loss is not None:
+            return loss
+        rule = self._optimizer(client, ins)
+        if isinstance(rule, str):
+            return rule
+        group = (facts.architecture, type(client.loss_fn), _attributes(client.loss_fn), rule)
+        inputs, targets = client.train_data
+        return _Plan(
+            client=client,
+            ins=ins,
+            group=group,
+            optimizer=rule,
+            inputs=inputs,
+            targets=targets,
+            epochs=int(ins.config.get("local_epochs", client.local_epochs)),
+            seed=int(ins.config.get("seed", 0)),
         )
-    if not isinstance(client.train_data, tuple):  # a DataLoader
-        return (
-            "the client's training data is a DataLoader, whose batches the engine cannot "
-            "gather; pass train=(inputs, targets) tensors to TorchClient"
-        )
-    model = client.model
-    reason = _model_problem(model, ins) or _loss_problem(client.loss_fn)
-    if reason is not None:
-        return reason
-    optimizer = client.optimizer(model.parameters())
-    if "lr" in ins.config:
-        for settings in optimizer.param_groups:
-            settings["lr"] = float(ins.config["lr"])
-    rule = describe_optimizer(optimizer, list(model.parameters()))
-    if isinstance(rule, str):
+
+    def _optimizer(self, client: TorchClient, ins: FitIns) -> OptimizerRule | str:
+        """The client's optimizer as TorchClient builds it for `ins`, described."""
+        key = (client.optimizer, ins.config.get("lr"))
+        known = self._optimizers.setdefault(client.model, {})
+        rule = known.get(key)
+        if rule is None:
+            parameters = list(client.model.parameters())
+            optimizer = client.optimizer(parameters)
+            if "lr" in ins.config:
+                for settings in optimizer.param_groups:
+                    settings["lr"] = float(ins.config["lr"])
+            rule = describe_optimizer(optimizer, parameters)
+            if len(known) >= 8:  # a factory built per client (a lambda) would only pile up
+                known.clear()
+            known[key] = rule
         return rule
-    architecture = tuple(
-        (name, type(module), _attributes(module)) for name, module in model.named_modules()
-    )
-    parameters = tuple(
-        (name, tuple(value.shape), value.dtype, value.requires_grad)
-        for name, value in model.named_parameters()
-    )
-    group: tuple[object, ...] = (
-        architecture,
-        parameters,
-        type(client.loss_fn),
-        _attributes(client.loss_fn),
-        rule,
-    )
-    epochs = int(ins.config.get("local_epochs", client.local_epochs))
-    inputs, targets = client.train_data
-    return _Plan(
-        client=client,
-        ins=ins,
-        group=group,
-        optimizer=rule,
-        inputs=inputs,
-        targets=targets,
-        epochs=epochs,
-        seed=int(ins.config.get("seed", 0)),
+
+
+def _same_layout(received: VectorSpec, facts: _ModelFacts) -> bool:
+    if received.names == facts.names and received.shapes == facts.shapes:
+        return True
+    return dict(zip(received.names, received.shapes, strict=True)) == dict(
+        zip(facts.names, facts.shapes, strict=True)
     )
 
 
-def _model_problem(model: nn.Module, ins: FitIns) -> str | None:
+@dataclass(frozen=True, slots=True)
+class _ModelFacts:
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    architecture: tuple[object, ...]
+    """Module types, settings and parameter shapes: equal for models that batch together."""
+
+
+def _model_facts(model: nn.Module) -> _ModelFacts | str:
+    """What batching needs to know of `model`, or why it cannot be batched."""
     buffers = [name for name, _ in model.named_buffers()]
     if buffers:
         return (
@@ -504,26 +615,36 @@ def _model_problem(model: nn.Module, ins: FitIns) -> str | None:
             "cannot reproduce; without them (or with p=0) it can be batched"
         )
     parameters = dict(model.named_parameters())
-    names = tuple(name for name, value in model.state_dict().items() if value.is_floating_point())
-    if names != tuple(parameters):
+    if len(list(model.named_parameters(remove_duplicate=False))) != len(parameters):
         return (
-            "the model shares parameters between layers, or holds state that is not a "
-            "parameter; the vectorized engine needs one tensor per parameter"
+            "the model shares parameters between layers; the vectorized engine needs one "
+            "tensor per parameter"
         )
     if not parameters:
         return "the model has no parameters to train"
     dtypes = {value.dtype for value in parameters.values()}
-    if len(dtypes) != 1 or next(iter(dtypes)).is_complex:
+    if (
+        len(dtypes) != 1
+        or next(iter(dtypes)).is_complex
+        or not next(iter(dtypes)).is_floating_point
+    ):
         return (
             f"the model's parameters are of several or complex dtypes "
             f"({_listed(sorted(map(str, dtypes)))}); "
             "the vectorized engine trains models of one real dtype"
         )
-    received = ins.weights.spec
-    expected = {name: tuple(value.shape) for name, value in parameters.items()}
-    if dict(zip(received.names, received.shapes, strict=True)) != expected:
-        return "the weights sent do not match the client's model (names or shapes differ)"
-    return None
+    architecture = tuple(
+        (name, type(module), _attributes(module)) for name, module in model.named_modules()
+    )
+    described = tuple(
+        (name, tuple(value.shape), value.dtype, value.requires_grad)
+        for name, value in parameters.items()
+    )
+    return _ModelFacts(
+        names=tuple(parameters),
+        shapes=tuple(tuple(value.shape) for value in parameters.values()),
+        architecture=(architecture, described),
+    )
 
 
 def _listed(names: Sequence[str]) -> str:
