@@ -135,6 +135,7 @@ class VectorizedFit:
             )
         kind = "cpu" if self.device.type == "cpu" else "accelerator"
         self._chunk_bytes = _CHUNK_BYTES[kind]
+        self._memory = _Memory()
         self._reported: set[str] = set()
         self._planner = _Planner()
         self._pending: dict[int, tuple[Client, FitIns, _Plan]] = {}
@@ -215,14 +216,16 @@ class VectorizedFit:
         )
         order = sorted(plans, key=lambda cid: -_steps(plans[cid]))  # similar lengths share a chunk
         schedules = [_Schedule.of(plans[cid]) for cid in order]
-        buffer = torch.empty(len(order), spec.size, dtype=dtype, device=self.device)
+        buffer = self._memory.result((len(order), spec.size), dtype, self.device)
         starts = [plans[cid].ins.weights for cid in order]
         steps = _steps(plans[order[0]]) if order else 0
         losses = torch.zeros(len(order), steps, dtype=dtype, device=self.device)
         model.train()
         layers = _low_rank(model, first.optimizer, starts)
         if layers is not None and steps:
-            inputs, targets, mask, _ = _stack_data(schedules, steps, self.device, dtype)
+            inputs, targets, mask, _ = _stack_data(
+                schedules, steps, self.device, dtype, self._memory
+            )
             lr = -first.optimizer.lr if first.optimizer.maximize else first.optimizer.lr
             initial = {
                 name: torch.from_numpy(starts[0][name].copy()).to(self.device, dtype)
@@ -244,10 +247,12 @@ class VectorizedFit:
                     trainable,
                     part,
                     first.optimizer,
-                    self.device,
+                    self._memory,
                 )
                 losses[start : start + len(part), : done.shape[1]] = done
         flat = buffer.cpu().numpy()
+        if buffer.device.type == "cpu":
+            self._memory.recycle(flat, buffer)
         step_losses = losses.cpu().numpy().astype(np.float64)
         results: dict[ClientId, FitRes] = {}
         for row, (client_id, schedule) in enumerate(zip(order, schedules, strict=True)):
@@ -337,17 +342,17 @@ def _train_chunk(
     trainable: Sequence[str],
     schedules: Sequence[_Schedule],
     rule: OptimizerRule,
-    device: torch.device,
+    memory: _Memory,
 ) -> torch.Tensor:
     """Run every step of a chunk of clients on `views`, in place; each client's loss per step."""
     steps = schedules[0].steps  # the longest: chunks are sorted by steps
     parameters = {name: views[name] for name in trainable}
-    losses = torch.zeros(
-        len(schedules), steps, dtype=next(iter(views.values())).dtype, device=device
-    )
+    first = next(iter(views.values()))
+    device = first.device
+    losses = torch.zeros(len(schedules), steps, dtype=first.dtype, device=device)
     if not steps:
         return losses
-    inputs, targets, mask, active = _stack_data(schedules, steps, device, losses.dtype)
+    inputs, targets, mask, active = _stack_data(schedules, steps, device, losses.dtype, memory)
     frozen = {name: value for name, value in views.items() if name not in parameters}
     state = rule.init(parameters)
     for index in range(steps):
@@ -375,7 +380,11 @@ def _tensors(
 
 
 def _stack_data(
-    schedules: Sequence[_Schedule], steps: int, device: torch.device, dtype: torch.dtype
+    schedules: Sequence[_Schedule],
+    steps: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    memory: _Memory,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
     """Every client's batches gathered once into ``[clients, steps, batch, ...]``, with masks.
 
@@ -391,11 +400,11 @@ def _stack_data(
         index[row, : schedule.steps, : schedule.index.shape[1]] = schedule.index
     index = index.view(clients, steps * size)
     sample = schedules[0]
-    inputs = torch.empty(
-        (clients, steps * size, *sample.inputs.shape[1:]), dtype=sample.inputs.dtype
+    inputs = memory.scratch(
+        "inputs", (clients, steps * size, *sample.inputs.shape[1:]), sample.inputs.dtype
     )
-    targets = torch.empty(
-        (clients, steps * size, *sample.targets.shape[1:]), dtype=sample.targets.dtype
+    targets = memory.scratch(
+        "targets", (clients, steps * size, *sample.targets.shape[1:]), sample.targets.dtype
     )
     for row, schedule in enumerate(schedules):
         if schedule.inputs.device.type == "cpu":  # gathered straight into place
@@ -418,6 +427,47 @@ def _stack_data(
         mask.to(device),
         active,
     )
+
+
+class _Memory:
+    """Memory the engine reuses from round to round, so it is not faulted in afresh each time.
+
+    Scratch tensors (the stacked batches) live only during a fit. A result
+    buffer is handed out again only after every result that views it is gone:
+    `recycle` files it when its numpy array (the base of every result's
+    weights) is garbage collected.
+    """
+
+    _KEEP = 2
+
+    def __init__(self) -> None:
+        self._scratch: dict[str, torch.Tensor] = {}
+        self._free: list[torch.Tensor] = []
+
+    def scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A CPU tensor of `shape`, reused by the next call with the same `name`."""
+        size = math.prod(shape)
+        kept = self._scratch.get(name)
+        if kept is None or kept.dtype != dtype or kept.numel() < size:
+            kept = self._scratch[name] = torch.empty(size, dtype=dtype)
+        return kept[:size].view(shape)
+
+    def result(
+        self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """A tensor for a round's results: a recycled one when one fits."""
+        for index, buffer in enumerate(self._free):
+            if buffer.shape == shape and buffer.dtype == dtype and buffer.device == device:
+                return self._free.pop(index)
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    def recycle(self, array: np.ndarray, buffer: torch.Tensor) -> None:
+        """Take `buffer` back once `array` (its numpy view) is garbage collected."""
+        weakref.finalize(array, self._file, buffer)
+
+    def _file(self, buffer: torch.Tensor) -> None:
+        if len(self._free) < self._KEEP:
+            self._free.append(buffer)
 
 
 def _views(rows: torch.Tensor, spec: VectorSpec) -> dict[str, torch.Tensor]:
