@@ -561,6 +561,9 @@ class _Planner:
         self._models: weakref.WeakKeyDictionary[nn.Module, _ModelFacts | str] = (
             weakref.WeakKeyDictionary()
         )
+        self._losses: weakref.WeakKeyDictionary[nn.Module, tuple[object, ...] | str] = (
+            weakref.WeakKeyDictionary()
+        )
         self._optimizers: weakref.WeakKeyDictionary[
             nn.Module, dict[tuple[object, object], OptimizerRule | str]
         ] = weakref.WeakKeyDictionary()
@@ -594,13 +597,20 @@ class _Planner:
         received = ins.weights.spec
         if not _same_layout(received, facts):
             return "the weights sent do not match the client's model (names or shapes differ)"
-        loss = _loss_problem(client.loss_fn)
-        if loss is not None:
+        loss = self._losses.get(client.loss_fn)
+        if loss is None:
+            problem = _loss_problem(client.loss_fn)
+            loss = self._losses[client.loss_fn] = (
+                problem
+                if problem is not None
+                else (type(client.loss_fn), _attributes(client.loss_fn))
+            )
+        if isinstance(loss, str):
             return loss
         rule = self._optimizer(client, ins)
         if isinstance(rule, str):
             return rule
-        group = (facts.architecture, type(client.loss_fn), _attributes(client.loss_fn), rule)
+        group = (facts.architecture, loss, rule)
         inputs, targets = client.train_data
         return _Plan(
             client=client,
