@@ -57,7 +57,7 @@ class ProcessExecutor:
 
     Args:
         client_fn: builds a client; must be importable by name (a module-level function).
-        workers: how many processes (default: one per core).
+        workers: how many processes (default: one per core this process may use).
 
     Raises:
         ConfigError: `client_fn` cannot be imported by name, or `workers` < 1.
@@ -74,7 +74,7 @@ class ProcessExecutor:
                 value=workers,
             )
         self._reference = function_reference(client_fn, engine="process")
-        self._count = workers if workers is not None else (os.cpu_count() or 1)
+        self._count = workers if workers is not None else _usable_cores()
         self._workers: list[_Worker] = []
         self._folder = Path(tempfile.mkdtemp(prefix="fedloom-pool-", dir=_shared_memory_dir()))
         self._batches = 0
@@ -182,9 +182,12 @@ class _Worker:
         self.connection.send_bytes(path.encode())
         self.connection.send_bytes(message)
 
-    def stop(self) -> None:
+    def ask_to_stop(self) -> None:
         with contextlib.suppress(OSError):
             self.connection.send_bytes(b"")
+
+    def stop(self) -> None:
+        self.ask_to_stop()
         self.process.join(_STOP_S)
         if self.process.is_alive():
             self.process.terminate()
@@ -193,10 +196,19 @@ class _Worker:
 
 
 def _stop_all(workers: list[_Worker], folder: Path) -> None:
+    for worker in workers:  # all at once: each takes a moment to exit
+        worker.ask_to_stop()
     for worker in workers:
         worker.stop()
     workers.clear()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS says), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _shared_memory_dir() -> str | None:
@@ -214,9 +226,13 @@ def _serve(connection: Connection, reference: list[str], sys_path: list[str]) ->
         try:
             path = connection.recv_bytes().decode()
         except (EOFError, OSError):
-            return
+            path = ""
         if not path:
-            return
+            # Skip the interpreter's teardown: with torch loaded it takes seconds, and
+            # a worker has nothing to save (its results went back over the pipe).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         message = connection.recv_bytes()
         if mapped is None or mapped[0] != path:
             mapped = None  # drop the last batch's mapping before mapping the next
