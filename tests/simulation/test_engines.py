@@ -20,9 +20,9 @@ from fedloom.client import FunctionClient
 from fedloom.core import Client, ClientId, EvaluateIns, FitIns, FitRes, Weights
 from fedloom.data import IID
 from fedloom.errors import ConfigError
-from fedloom.simulation import resolve_device
+from fedloom.simulation import Fleet, resolve_device
 from fedloom.simulation.engines import VectorizedExecutor
-from fedloom.strategies import fedavg, scaffold
+from fedloom.strategies import fedavg, fedbuff, scaffold
 from fedloom.transport.inprocess import InProcessChannel
 
 HERE = Path(__file__).resolve().parent
@@ -79,6 +79,33 @@ def test_engines_keep_scaffold_control_variates_across_rounds(
     np.testing.assert_allclose(result.weights.flat, expected.weights.flat, atol=1e-6)
     if engine == "ray":
         assert not ray.is_initialized()  # the local instance it started is shut down
+
+
+@pytest.mark.parametrize("engine", ["process", "vectorized"])
+def test_engines_run_fedbuff_on_the_virtual_clock_like_sequential(
+    clients: types.ModuleType, engine: str
+) -> None:
+    """Asynchronous rounds submit and collect through the same channel on every engine."""
+
+    def run(engine: str) -> RunResult:
+        return simulate(
+            clients.linear_client,
+            num_clients=5,
+            rounds=4,
+            partitioner=IID(),
+            strategy=fedbuff(buffer_size=2, concurrency=3),
+            fleet=Fleet(task_s=1.0, spread=0.5, seed=1),
+            engine=engine,
+            device="cpu",
+            **ENGINE_OPTIONS[engine],  # type: ignore[arg-type]
+        )
+
+    expected = run("sequential")
+
+    result = run(engine)
+
+    assert result.history.series("staleness.max") == expected.history.series("staleness.max")
+    np.testing.assert_allclose(result.weights.flat, expected.weights.flat, atol=1e-6)
 
 
 def test_process_engine_fails_only_the_task_of_a_client_that_cannot_be_built(
