@@ -410,3 +410,24 @@ def test_simulate_vectorized_plain_sgd_gives_the_sequential_weights(
         .get_weights()
         .flat,
     )  # it trained
+
+
+def test_vectorized_fit_never_reuses_memory_that_results_still_hold() -> None:
+    """A round's results stay intact while later rounds run; dropped ones free their buffer."""
+    data = [_data(12, seed=k) for k in range(3)]
+    engine = VectorizedFit()
+
+    def round_of(seed: int) -> dict[ClientId, FitRes | Failure]:
+        jobs = {}
+        for k, part in enumerate(data):
+            client = _client(part, OPTIMIZERS["sgd"])
+            jobs[str(k)] = (client, FitIns(weights=client.get_weights(), config={"seed": seed}))
+        return engine.fit(jobs)
+
+    kept = round_of(1)
+    copies = {cid: r.weights.flat.copy() for cid, r in kept.items()}  # type: ignore[union-attr]
+    for seed in (2, 3, 4):  # each round's results are dropped: their buffer may be reused
+        round_of(seed)
+
+    for client_id, result in kept.items():
+        np.testing.assert_array_equal(result.weights.flat, copies[client_id])  # type: ignore[union-attr]
