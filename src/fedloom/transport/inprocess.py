@@ -233,9 +233,10 @@ class InProcessChannel:
 
     `run` (synchronous rounds) yields replies in order of virtual arrival
     (each client's ``task_s``; ties keep the task order). For asynchronous
-    schedules `submit` runs tasks at once (a result depends only on its
-    inputs) and files each reply to arrive ``task_s`` virtual seconds later;
-    `collect` hands replies out in order of arrival.
+    schedules `submit` files each task to arrive ``task_s`` virtual seconds
+    later (it runs, batched with the others filed, when its reply is needed;
+    a result depends only on its inputs); `collect` hands replies out in
+    order of arrival.
 
     Args:
         client_fn: builds a client from its `ClientContext`.
@@ -272,7 +273,8 @@ class InProcessChannel:
         self._fleet = fleet
         self._executor: Executor = executor if executor is not None else LocalExecutor(client_fn)
         self._clock = 0.0
-        self._arrivals: list[tuple[float, int, ClientId, Reply]] = []
+        self._arrivals: list[tuple[float, int, ClientId]] = []  # (arrival, order, client)
+        self._outcomes: dict[int, Reply | Job] = {}  # by order: a reply, or a job not yet run
         self._submitted = 0
 
     @property
@@ -337,32 +339,47 @@ class InProcessChannel:
                 close()
 
     def submit(self, tasks: Mapping[ClientId, Task]) -> None:
-        jobs: list[Job] = []
-        arrivals: list[float] = []
+        """File each task to arrive ``task_s`` virtual seconds from now.
+
+        A task runs when `collect` first needs a reply that is not ready, together
+        with every other task filed by then, so an engine with workers runs them
+        side by side. Its result depends only on its inputs, so when it runs
+        changes nothing; a client has one task in flight at a time, so the state
+        it carries is the one it would have had.
+        """
         for client_id, task in tasks.items():
             arrival, outcome = self._plan(client_id, task, None)
             if isinstance(outcome, Failure):
                 self._file(self._clock, client_id, outcome)
             else:
-                jobs.append(self._job(client_id, outcome))
-                arrivals.append(self._clock + arrival)
-        replies: dict[int, Reply] = {}
-        for index, reply, state in self._executor.execute(jobs) if jobs else ():
-            self._keep(jobs[index], state)
-            replies[index] = reply
-        for index, job in enumerate(jobs):
-            self._file(arrivals[index], job.client_id, replies[index])
+                self._file(self._clock + arrival, client_id, self._job(client_id, outcome))
 
     def collect(self, *, timeout_s: float | None) -> tuple[ClientId, Reply] | None:
         if not self._arrivals:
             return None
-        arrival, _, client_id, reply = self._arrivals[0]
+        arrival, order, client_id = self._arrivals[0]
         if timeout_s is not None and arrival - self._clock > timeout_s:
             self._clock += timeout_s  # waited the whole timeout; nothing came
             return None
+        if isinstance(self._outcomes[order], Job):
+            self._run_filed()
         heapq.heappop(self._arrivals)
         self._clock = max(self._clock, arrival)
+        reply = self._outcomes.pop(order)
+        assert not isinstance(reply, Job)
         return client_id, reply
+
+    def _run_filed(self) -> None:
+        """Run every filed task that has not run yet, as one batch."""
+        orders: list[int] = []
+        jobs: list[Job] = []
+        for order, item in self._outcomes.items():
+            if isinstance(item, Job):
+                orders.append(order)
+                jobs.append(item)
+        for index, reply, state in self._executor.execute(jobs):
+            self._keep(jobs[index], state)
+            self._outcomes[orders[index]] = reply
 
     def _plan(
         self, client_id: ClientId, task: Task, timeout_s: float | None
@@ -401,6 +418,7 @@ class InProcessChannel:
         if state is not job.state and (state or job.state):
             self.states.put(job.client_id, state)
 
-    def _file(self, arrival: float, client_id: ClientId, reply: Reply) -> None:
+    def _file(self, arrival: float, client_id: ClientId, outcome: Reply | Job) -> None:
         self._submitted += 1
-        heapq.heappush(self._arrivals, (arrival, self._submitted, client_id, reply))
+        self._outcomes[self._submitted] = outcome
+        heapq.heappush(self._arrivals, (arrival, self._submitted, client_id))
