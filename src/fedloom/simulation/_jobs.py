@@ -1,4 +1,4 @@
-"""Jobs for workers in other processes (the process pool, Ray): plain bytes, no pickle.
+"""Jobs for workers in other processes (the process pool, Ray): JSON headers and raw arrays.
 
 A job travels as a JSON header (who, which task, its config) followed by the
 client's state as raw arrays. The weights and plug-in tensors a round sends

@@ -6,8 +6,8 @@ module loads and caches (the dataset, a model to reuse) is loaded once per
 worker, not once per task. A batch's global weights and plug-in tensors are
 written once to a read-only file that every worker maps into memory; a job is
 a small message pointing into it, plus the client's state; a reply is a JSON
-header and the result's flat arrays. Nothing is pickled by fedloom: messages
-are bytes over pipes. A task's seed comes with its config (derived from the
+header and the result's flat arrays. No Python object crosses a pipe: messages
+are bytes. A task's seed comes with its config (derived from the
 run seed, round and client id), so its result does not depend on which
 worker ran it.
 """
