@@ -126,6 +126,34 @@ def test_vectorized_fit_equals_each_clients_own_fit_with_uneven_data(name: str) 
     _assert_same(batched, alone)
 
 
+def _flattening() -> nn.Module:
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 4, bias=False), nn.ReLU(), nn.Linear(4, 3))
+
+
+def test_vectorized_fit_plain_sgd_through_flatten_and_bias_free_layers() -> None:
+    """Inputs of shape (2, 3) per sample, flattened: the low-rank form with no bias to train."""
+    optimizer = OPTIMIZERS["sgd"]
+    jobs: dict[ClientId, tuple[TorchClient, FitIns]] = {}
+    expected: dict[ClientId, FitRes] = {}
+    for k, count in enumerate((13, 4)):
+        generator = torch.Generator().manual_seed(k)
+        data = (torch.randn(count, 2, 3, generator=generator), torch.randint(0, 3, (count,)))
+        client = _client(data, optimizer, model=_flattening)
+        ins = FitIns(weights=client.get_weights(), config={"seed": k})
+        jobs[str(k)] = (client, ins)
+        expected[str(k)] = _client(data, optimizer, model=_flattening).fit(ins.weights, ins.config)
+    shared = jobs["0"][1].weights
+    jobs = {
+        cid: (client, FitIns(weights=shared, config=ins.config))
+        for cid, (client, ins) in jobs.items()
+    }
+
+    batched = VectorizedFit().fit(jobs)
+
+    _assert_same(batched, expected)
+
+
 def test_vectorized_fit_plain_sgd_from_different_starts_equals_own_fits() -> None:
     """Clients that start from different weights take the general (per-client weights) path."""
     batched, alone = _fit_both(OPTIMIZERS["sgd"], shared_start=False)
