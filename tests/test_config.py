@@ -15,6 +15,7 @@ from fedloom.config import SimulationConfig, load_config
 from fedloom.data import Dirichlet
 from fedloom.errors import ConfigError
 from fedloom.server import EarlyStopping, KeepBest, StopAtMetric
+from fedloom.simulation import Fleet
 from fedloom.strategies import Fraction
 from fedloom.strategies.optimizers import Momentum
 
@@ -310,4 +311,45 @@ def test_load_config_rejects_a_bad_part_parameter_under_its_table(folder: Path) 
     path = write(folder, _with_parts("trimmed_mean", "beta = 0.7"))
 
     with pytest.raises(ConfigError, match=key_and_file("[strategy.aggregator].beta", path)):
+        load_config(path)
+
+
+def test_load_config_reads_the_simulation_section(folder: Path) -> None:
+    path = write(
+        folder,
+        VALID
+        + '[simulation]\nengine = "process"\ndevice = "cpu"\nworkers = 3\n'
+        + "fit_timeout_s = 2.5\ntask_s = 2.0\nspread = 0.5\navailability = 0.9\n",
+    )
+
+    options = load_config(path).build().simulation
+
+    assert (options.engine, options.device, options.workers) == ("process", "cpu", 3)
+    assert options.fit_timeout_s == 2.5
+    assert options.ray_address is None
+    assert options.fleet == Fleet(task_s=2.0, spread=0.5, availability=0.9, seed=7)
+
+
+def test_load_config_without_simulation_section_runs_sequentially(folder: Path) -> None:
+    options = load_config(write(folder, VALID)).simulation
+
+    assert (options.engine, options.device, options.fleet) == ("sequential", "auto", None)
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "phrase"),
+    [
+        ('engine = "vectorised"', "[simulation].engine", "Did you mean 'vectorized'?"),
+        ('device = "gpu"', "[simulation].device", "unknown device 'gpu'"),
+        ("workers = 0", "[simulation].workers", "must be >= 1"),
+        ("availability = 0", "[simulation].availability", r"must be in \(0, 1\]"),
+        ("engin = 'ray'", "[simulation].engin", "Did you mean 'engine'?"),
+    ],
+)
+def test_load_config_rejects_bad_simulation_options(
+    folder: Path, table: str, key: str, phrase: str
+) -> None:
+    path = write(folder, VALID + f"[simulation]\n{table}\n")
+
+    with pytest.raises(ConfigError, match=key_and_file(key, path) + ".*" + phrase):
         load_config(path)

@@ -78,10 +78,15 @@ def shared_model() -> nn.Module:
 
 
 def client_fn(context: ClientContext) -> TorchClient:
-    """Client `context.client_id`: its Dirichlet share of the training set."""
+    """Client `context.client_id`: its Dirichlet share of the training set.
+
+    It trains on the simulation's device (``[simulation].device``: a GPU when
+    torch sees one, else the CPU); the clients of a process share it.
+    """
     x, y, x_test, y_test = client_data(context)
     return TorchClient(
         shared_model(),
+        device=context.device,
         train=(x, y),
         test=(x_test, y_test),
         optimizer=make_optimizer,

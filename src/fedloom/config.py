@@ -70,6 +70,16 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
     joins_per_client = 30     # joins under one name per quota window (default 30)
     quota_window_s = 60       # the sliding window the quotas count over (default 60)
 
+    [simulation]              # optional, read by `fedloom simulate` (its flags override it)
+    engine = "sequential"     # or "process", "ray", "vectorized" (fedloom.simulation.ENGINES)
+    device = "auto"           # "auto" (a GPU if torch sees one), "cpu", "cuda", "cuda:N"
+    workers = 8               # processes of the "process" engine (default: one per core)
+    ray_address = "auto"      # the Ray cluster of the "ray" engine (default: start a local one)
+    fit_timeout_s = 3.0       # each round's deadline in virtual seconds (default: none)
+    task_s = 1.0              # a simulated fleet (fedloom.simulation.Fleet): median virtual
+    spread = 1.0              #   seconds per task, log-normal spread of client speeds,
+    availability = 0.9        #   and the probability that a client is online in a round
+
 Each command reads what it uses (`Role`): ``simulate`` needs ``[clients].app`` and
 ``num_clients``; ``server`` needs neither and imports only ``evaluate`` and
 ``initial_weights``; ``client`` needs ``app`` (``num_clients`` is its default number of
@@ -108,6 +118,8 @@ from fedloom.errors import ConfigError, did_you_mean
 from fedloom.privacy import central_dp
 from fedloom.secagg import SecAggPlus
 from fedloom.server import Callback, EarlyStopping, EvaluateFn, KeepBest, StopAtMetric
+from fedloom.simulation import Fleet
+from fedloom.simulation.engines import check_device, check_engine
 from fedloom.strategies import STRATEGIES, LocalDP, Strategy
 from fedloom.strategies.optimizers import SERVER_OPTIMIZERS, ServerOptimizer
 from fedloom.topology import Topology
@@ -129,6 +141,7 @@ __all__ = [
     "ServerConfig",
     "ServerFederation",
     "SimulationConfig",
+    "SimulationOptions",
     "StopConfig",
     "StrategyConfig",
     "load_config",
@@ -138,7 +151,7 @@ Mode = Literal["max", "min"]
 Role = Literal["simulate", "server", "client"]
 """The command reading a config; each requires and imports only what it uses."""
 ROLES: tuple[Role, ...] = ("simulate", "server", "client")
-_SECTIONS = ("run", "clients", "data", "strategy", "stop", "server", "topology")
+_SECTIONS = ("run", "clients", "data", "strategy", "stop", "server", "topology", "simulation")
 _RUN_KEYS = ("rounds", "seed", "dir", "name")
 _CLIENTS_KEYS = ("app", "num_clients", "evaluate", "initial_weights")
 _STOP_KEYS = ("target_metric", "target_value", "patience", "patience_metric", "keep_best", "mode")
@@ -146,6 +159,10 @@ _SERVER_KEYS = (
     *("address", "min_clients", "max_clients"),
     *("join_timeout_s", "fit_timeout_s", "heartbeat_s"),
     *("max_message_bytes", "upload_quota_bytes", "joins_per_client", "quota_window_s"),
+)
+_SIMULATION_KEYS = (
+    *("engine", "device", "workers", "ray_address", "fit_timeout_s"),
+    *("task_s", "spread", "availability"),
 )
 
 
@@ -251,6 +268,34 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SimulationOptions:
+    """``[simulation]``: which engine runs the virtual clients, where, and how the fleet behaves.
+
+    Each field is the `fedloom.simulation.simulate` argument of the same name.
+    """
+
+    engine: str = "sequential"
+    device: str = "auto"
+    workers: int | None = None
+    ray_address: str | None = None
+    fit_timeout_s: float | None = None
+    fleet: Fleet | None = None
+
+    def __post_init__(self) -> None:
+        check_engine(self.engine)
+        check_device(self.device)
+        if self.fit_timeout_s is not None and not (
+            math.isfinite(self.fit_timeout_s) and self.fit_timeout_s > 0
+        ):
+            raise ConfigError(
+                f"fit_timeout_s must be a number of virtual seconds > 0, got "
+                f"{self.fit_timeout_s}. Leave it out for no deadline.",
+                field="fit_timeout_s",
+                value=self.fit_timeout_s,
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Federation:
     """The objects a run needs, built from a `SimulationConfig`; callbacks are fresh."""
 
@@ -266,6 +311,7 @@ class Federation:
     keep_best: KeepBest | None
     topology: Topology | None = None
     """``[topology]``: its leaves are the clients, in node order; None is a star."""
+    simulation: SimulationOptions = field(default_factory=SimulationOptions)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,6 +355,7 @@ class SimulationConfig:
     stop: StopConfig = field(default_factory=StopConfig)
     server: ServerConfig | None = None
     topology: Topology | None = None
+    simulation: SimulationOptions = field(default_factory=SimulationOptions)
 
     def build(self) -> Federation:
         """Import the entry points and build the strategy, partitioner and stop rules.
@@ -331,6 +378,7 @@ class SimulationConfig:
             callbacks=tuple(callbacks),
             keep_best=next((cb for cb in callbacks if isinstance(cb, KeepBest)), None),
             topology=self.topology,
+            simulation=self.simulation,
         )
 
     def build_server(self) -> ServerFederation:
@@ -391,6 +439,13 @@ class SimulationConfig:
                 "roots": list(self.topology.roots),
                 "nodes": list(self.topology.nodes),
                 "edges": [list(edge) for edge in self.topology.edges],
+            }
+        if self.simulation != SimulationOptions():
+            options = asdict(self.simulation)
+            fleet = options.pop("fleet")
+            sections["simulation"] = {
+                **options,
+                **({} if fleet is None else {k: fleet[k] for k in _SIMULATION_KEYS[5:]}),
             }
         return {name: _without_none(section) for name, section in sections.items()}
 
@@ -468,6 +523,7 @@ def load_config(path: str | Path, *, role: Role = "simulate") -> SimulationConfi
         ),
         server=None if tables["server"] is None else _server_config(tables["server"], file),
         topology=_topology(tables["topology"], tables["clients"], file, role),
+        simulation=_simulation_options(tables["simulation"], file, seed=run.get("seed", "int")),
     )
     _entry_points(config.clients, file, role)
     _build_strategy(config.strategy, file, rounds=config.run.rounds)
@@ -722,6 +778,35 @@ def _server_config(data: Mapping[str, Any], file: Path) -> ServerConfig:
     given = {key: value for key, value in values.items() if value is not None}
     server: ServerConfig = construct(ServerConfig, given, "[server]", file)
     return server
+
+
+def _simulation_options(
+    data: Mapping[str, Any] | None, file: Path, *, seed: int | None
+) -> SimulationOptions:
+    """``[simulation]``: the engine options, and a `Fleet` when any of its keys is given."""
+    if data is None:
+        return SimulationOptions()
+    table = Table(data, "simulation", file, keys=_SIMULATION_KEYS)
+    fleet_values = {
+        key: table.get(key, "float") for key in _SIMULATION_KEYS[5:] if key in table.data
+    }
+    fleet = (
+        construct(Fleet, fleet_values, "[simulation]", file, seed=seed or 0)
+        if fleet_values
+        else None
+    )
+    values = {
+        "engine": table.get("engine", "str"),
+        "device": table.get("device", "str"),
+        "workers": table.get("workers", "int", minimum=1),
+        "ray_address": table.get("ray_address", "str"),
+        "fit_timeout_s": table.get("fit_timeout_s", "float"),
+    }
+    given = {key: value for key, value in values.items() if value is not None}
+    options: SimulationOptions = construct(
+        SimulationOptions, given, "[simulation]", file, fleet=fleet
+    )
+    return options
 
 
 def _entry_points(

@@ -196,3 +196,32 @@ def test_simulate_console_command_prints_rounds(config: Path) -> None:
     assert "round 1/5  central.loss=1.0000" in done.stdout
     assert "round 5/5  central.loss=0.0625" in done.stdout
     assert done.stderr == ""
+
+
+def test_simulate_engine_flags_run_the_process_pool_to_the_same_weights(config: Path) -> None:
+    status = simulate(config, "--engine", "process", "--workers", "2", "--device", "cpu")
+
+    assert status == 0
+    weights = load_weights(config.parent / "runs" / "toy" / "weights.safetensors")
+    np.testing.assert_allclose(weights["x"], [2 * (1 - 0.5**5)])  # as sequentially: 1.9375
+
+
+def test_simulate_unknown_engine_flag_exits_2_and_suggests_a_name(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = simulate(config, "--engine", "proces")
+
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "--engine: unknown simulation engine 'proces'" in err
+    assert "Did you mean 'process'?" in err
+    assert not (config.parent / "runs" / "toy").exists()
+
+
+def test_simulate_fleet_in_the_config_drops_stragglers_past_the_deadline(config: Path) -> None:
+    """Every task takes 3 virtual s and the deadline is 2 s: no round gets a result."""
+    config.write_text(CONFIG + "[simulation]\ntask_s = 3.0\nfit_timeout_s = 2.0\n")
+
+    status = simulate(config)
+
+    assert status == 1

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,7 +35,7 @@ def task(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     sys.modules.pop("task", None)
 
 
-def _simulate(task: ModuleType, rounds: int) -> fedloom.RunResult:
+def _simulate(task: ModuleType, rounds: int, **engine: object) -> fedloom.RunResult:
     return fedloom.simulate(
         task.client_fn,
         num_clients=10,
@@ -42,6 +43,7 @@ def _simulate(task: ModuleType, rounds: int) -> fedloom.RunResult:
         partitioner=Dirichlet(alpha=0.5),
         evaluate_fn=task.evaluate,
         seed=0,
+        **engine,  # type: ignore[arg-type]
     )
 
 
@@ -62,3 +64,27 @@ def test_quickstart_same_seed_gives_bit_identical_weights(task: ModuleType) -> N
 
     assert first.weights.equals(second.weights)
     assert first.history.series("central.accuracy") == second.history.series("central.accuracy")
+
+
+def test_quickstart_process_pool_gives_the_sequential_weights(task: ModuleType) -> None:
+    """Two worker processes, each importing task.py once, reach the same model."""
+    sequential = _simulate(task, rounds=3, device="cpu")
+
+    pooled = _simulate(task, rounds=3, engine="process", workers=2, device="cpu")
+
+    np.testing.assert_allclose(pooled.weights.flat, sequential.weights.flat, rtol=0, atol=1e-5)
+    assert dict(pooled.history.series("central.accuracy")) == pytest.approx(
+        dict(sequential.history.series("central.accuracy")), abs=1e-5
+    )
+
+
+def test_quickstart_runs_on_a_local_ray_instance(task: ModuleType) -> None:
+    """No address: the engine starts Ray on 2 CPUs and shuts it down at the end."""
+    ray = pytest.importorskip("ray")  # a guard only: the dev extra installs Ray, CI runs this
+    sequential = _simulate(task, rounds=3, device="cpu")
+
+    result = _simulate(task, rounds=3, engine="ray", workers=2, device="cpu")
+
+    np.testing.assert_allclose(result.weights.flat, sequential.weights.flat, rtol=0, atol=1e-5)
+    assert result.stop_reason == "completed 3 rounds"
+    assert not ray.is_initialized()

@@ -34,7 +34,7 @@ from fedloom.config import Federation, SimulationConfig, load_config
 from fedloom.errors import ConfigError, FedloomError, StoreError
 from fedloom.observe import ProgressBar
 from fedloom.observe.tensorboard import TensorBoardLogger
-from fedloom.simulation import simulate
+from fedloom.simulation import ENGINES, simulate
 from fedloom.simulation.topology import simulate_tree
 from fedloom.store import RunFolder
 
@@ -65,6 +65,22 @@ def add_parser(subparsers: _SubParsers[argparse.ArgumentParser]) -> None:
         "--no-progress", action="store_true", help="print no progress bar or per-round lines"
     )
     add_store_options(parser)
+    parser.add_argument(
+        "--engine",
+        metavar="NAME",
+        help=f"who runs the clients: {', '.join(ENGINES)} (overrides [simulation].engine)",
+    )
+    parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="auto, cpu, cuda or cuda:N (overrides [simulation].device)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="processes of the process engine (overrides [simulation].workers)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -79,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if args.rounds is not None:
             config = replace(config, run=replace(config.run, rounds=args.rounds))
+        config = _with_flags(config, args)
         federation = config.build()
         if federation.topology is not None and federation.topology.kind == "gossip":
             raise ConfigError(
@@ -87,6 +104,15 @@ def run(args: argparse.Namespace) -> int:
                 "it with fedloom.simulation.topology.simulate_gossip(client_fn, topology=...).",
                 field="[topology].kind",
                 value="gossip",
+            )
+        if federation.topology is not None and federation.simulation.engine != "sequential":
+            raise ConfigError(
+                f"[simulation].engine in {config.path}: a [topology] tree runs its relays and "
+                f"clients one after another in this process; engine "
+                f"{federation.simulation.engine!r} runs only flat federations. Drop "
+                "[topology] or the engine.",
+                field="[simulation].engine",
+                value=federation.simulation.engine,
             )
     except ConfigError as exc:
         return _fail(exc, status=2)
@@ -128,6 +154,12 @@ def run(args: argparse.Namespace) -> int:
                 evaluate_fn=federation.evaluate_fn,
                 callbacks=[*callbacks, *([progress] if progress is not None else [])],
                 recording=recording,
+                engine=federation.simulation.engine,
+                device=federation.simulation.device,
+                workers=federation.simulation.workers,
+                ray_address=federation.simulation.ray_address,
+                fleet=federation.simulation.fleet,
+                fit_timeout_s=federation.simulation.fit_timeout_s,
             )
         else:
             result = simulate_tree(
@@ -155,6 +187,26 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
     summarize(result, folder, federation.keep_best)
     return 0
+
+
+def _with_flags(config: SimulationConfig, args: argparse.Namespace) -> SimulationConfig:
+    """`config` with ``--engine``, ``--device`` and ``--workers`` in place of its own values."""
+    flags = {
+        name: value
+        for name, value in (
+            ("engine", args.engine),
+            ("device", args.device),
+            ("workers", args.workers),
+        )
+        if value is not None
+    }
+    if not flags:
+        return config
+    try:
+        options = replace(config.simulation, **flags)
+    except ConfigError as exc:
+        raise ConfigError(f"--{exc.field}: {exc}", field=exc.field, value=exc.value) from exc
+    return replace(config, simulation=options)
 
 
 def _fail(error: Exception, *, status: int, folder: Path | None = None) -> int:

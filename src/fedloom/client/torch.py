@@ -86,7 +86,7 @@ class TorchClient:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.", field="batch_size")
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.model = model if _placed(model, self.device) else model.to(self.device)
         self.train_data = _on_device(_check_data(train, "train"), self.device)
         self.test_data = (
             None if test is None else _on_device(_check_data(test, "test"), self.device)
@@ -455,6 +455,12 @@ def _describe_optimizer(optimizer: torch.optim.Optimizer) -> OptimizerChoice:
     if type(optimizer) is torch.optim.Adam:
         return OptimizerChoice(kind="adam", lr=lr)
     return OptimizerChoice(kind=name, lr=lr)
+
+
+def _placed(model: nn.Module, device: torch.device) -> bool:
+    """True when every tensor of `model` is on `device` already (``model.to`` would do nothing)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return all(tensor.device == device for tensor in tensors)
 
 
 def _on_device(data: Batches, device: torch.device) -> Batches:

@@ -2,11 +2,14 @@
 
 `IID`, `Dirichlet` (label skew), `Shards` (label-sorted shards) and `ByKey` (one
 client per natural key) all implement `fedloom.core.Partitioner`; `PARTITIONERS`
-maps their configuration names to the classes.
+maps their configuration names to the classes. `take` makes a client's share
+of an array or torch dataset when the client is active; `labels_of` finds a
+torch dataset's labels to partition by.
 """
 
 from fedloom.data.partitioners import IID, PARTITIONERS, ByKey, Dirichlet, Shards
 from fedloom.data.synthetic import SyntheticDevice, synthetic, synthetic_devices
+from fedloom.data.views import labels_of, take
 
 __all__ = [
     "IID",
@@ -15,6 +18,8 @@ __all__ = [
     "Dirichlet",
     "Shards",
     "SyntheticDevice",
+    "labels_of",
     "synthetic",
     "synthetic_devices",
+    "take",
 ]

@@ -87,8 +87,8 @@ class Orchestrator:
         seed: the run seed; sampling and every client's ``config["seed"]`` derive from it.
         evaluate_fn: optional central evaluation of the global weights after each round.
         callbacks: hooks called in order at each step.
-        fit_timeout_s: deadline of a fit task (None: no deadline; channels that run
-            in-process cannot interrupt a client and ignore it).
+        fit_timeout_s: deadline of a fit task (None: no deadline; simulation's
+            in-process channel applies it on its virtual clock).
     """
 
     def __init__(

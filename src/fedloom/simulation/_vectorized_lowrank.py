@@ -1,0 +1,178 @@
+"""Plain SGD on stacks of linear layers, batched over clients without per-client weight matrices.
+
+With plain SGD (no momentum, no weight decay) a linear layer's weights after
+``t`` local steps are the start plus a sum of rank-``batch`` terms::
+
+    W_k(t) = W_0 - lr * sum_{s < t} dZ_{k,s}^T A_{k,s}
+
+where ``A_{k,s}`` is client k's input to the layer at step s and ``dZ_{k,s}``
+the gradient of its loss with respect to the layer's output. So the layer's
+output at step t is
+
+    A W_k(t)^T = A W_0^T - lr * (A A_{k,<t}^T) dZ_{k,<t}
+
+one large matrix product shared by all clients (the arithmetic of a
+centralized step) plus products of ``batch x (t * batch)`` matrices. No
+client's weight matrix, gradient or optimizer update is materialized until
+the end of the round, when ``W_k = W_0 - lr * dZ_k^T A_k`` is written once
+into the client's result. The values are those of `torch.optim.SGD` stepping
+each client's model (summed in another order, so equal to float rounding).
+Gradients with respect to every layer's output come from one autograd pass
+over the sum of the clients' masked mean losses (the clients' losses do not
+interact, so each client gets its own gradient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["LowRankSGD", "low_rank_layers"]
+
+_ELEMENTWISE: tuple[type[nn.Module], ...] = (
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Hardswish,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Tanhshrink,
+)
+"""Parameter-free modules that act on each value alone: a batch of clients' samples is one batch."""
+
+ElementLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(outputs [K, B, ...], targets [K, B, ...], mask [K, B]) -> per-client mean loss [K]``."""
+
+
+def low_rank_layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The layers of `model` when it is a stack the low-rank form covers, else None.
+
+    That is an ``nn.Sequential`` of ``nn.Linear`` layers (with or without bias),
+    element-wise activations and ``nn.Flatten()`` before the first linear layer,
+    whose parameters all train.
+    """
+    if type(model) is not nn.Sequential:
+        return None
+    layers = list(model.named_children())
+    seen_linear = False
+    for _, layer in layers:
+        if type(layer) is nn.Linear:
+            seen_linear = True
+            if not all(p.requires_grad for p in layer.parameters()):
+                return None
+        elif type(layer) is nn.Flatten:
+            if seen_linear or layer.start_dim != 1 or layer.end_dim != -1:
+                return None
+        elif type(layer) not in _ELEMENTWISE:
+            return None
+    return layers if seen_linear else None
+
+
+class LowRankSGD:
+    """One round of plain SGD for clients that all start from the same weights.
+
+    Args:
+        layers: from `low_rank_layers`.
+        views: every parameter as a ``[clients, *shape]`` view of the result rows,
+            written in place (what they hold before is ignored).
+        start: every parameter's starting value, shared by all clients.
+        lr: the learning rate; negative to maximize.
+    """
+
+    def __init__(
+        self,
+        layers: list[tuple[str, nn.Module]],
+        views: dict[str, torch.Tensor],
+        start: dict[str, torch.Tensor],
+        lr: float,
+    ) -> None:
+        self.layers = layers
+        self.views = views
+        self.start = start
+        self.lr = lr
+
+    def train(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        mask: torch.Tensor,
+        loss_fn: ElementLoss,
+    ) -> torch.Tensor:
+        """Run every step; the loss of each client at each step, ``[clients, steps]``.
+
+        Args:
+            inputs: ``[clients, steps, batch, ...]``, padded.
+            targets: ``[clients, steps, batch, ...]``, padded.
+            mask: ``[clients, steps, batch]``, 1 for real samples.
+            loss_fn: each client's masked mean loss.
+        """
+        clients, steps, batch = mask.shape
+        samples = steps * batch
+        flat_inputs = inputs.reshape(clients, samples, -1)
+        linear = [(name, layer) for name, layer in self.layers if isinstance(layer, nn.Linear)]
+        sizes = {name: (layer.in_features, layer.out_features) for name, layer in linear}
+        start = {name: self.start[f"{name}.weight"] for name, _ in linear}
+        for name, _ in linear:
+            bias = self.views.get(f"{name}.bias")
+            if bias is not None:
+                bias.copy_(self.start[f"{name}.bias"].expand_as(bias))
+        history_in: dict[str, torch.Tensor] = {}
+        history_out: dict[str, torch.Tensor] = {}
+        first = linear[0][0]
+        for name, layer in linear:
+            history_out[name] = flat_inputs.new_zeros(clients, samples, layer.out_features)
+            if name == first and flat_inputs.shape[-1] == layer.in_features:
+                history_in[name] = flat_inputs  # the data itself: nothing to copy
+            else:
+                history_in[name] = flat_inputs.new_empty(clients, samples, layer.in_features)
+        losses = torch.zeros(clients, steps, dtype=mask.dtype, device=mask.device)
+        for step in range(steps):
+            done = slice(0, step * batch)
+            now = slice(step * batch, (step + 1) * batch)
+            x = inputs[:, step].reshape(clients * batch, *inputs.shape[3:])
+            outputs: list[torch.Tensor] = []
+            for name, module in self.layers:
+                if name not in sizes:
+                    x = module(x)
+                    continue
+                features, width = sizes[name]
+                seen = x.reshape(clients, batch, features)
+                if history_in[name] is not flat_inputs:
+                    history_in[name][:, now] = seen.detach()
+                z = (x @ start[name].T).view(clients, batch, width)
+                if f"{name}.bias" in self.views:
+                    z = z + self.views[f"{name}.bias"].unsqueeze(1)
+                if step:
+                    overlap = torch.bmm(seen, history_in[name][:, done].transpose(1, 2))
+                    z = z - self.lr * torch.bmm(overlap, history_out[name][:, done])
+                if not z.requires_grad:
+                    z.requires_grad_()
+                outputs.append(z)
+                x = z.reshape(clients * batch, width)
+            shaped = x.view(clients, batch, *x.shape[1:])
+            loss = loss_fn(shaped, targets[:, step], mask[:, step])
+            gradients = torch.autograd.grad(loss.sum(), outputs)
+            losses[:, step] = loss.detach()
+            for (name, _), gradient in zip(linear, gradients, strict=True):
+                history_out[name][:, now] = gradient
+                if f"{name}.bias" in self.views:
+                    self.views[f"{name}.bias"].add_(gradient.sum(1), alpha=-self.lr)
+        for name, _ in linear:  # W_k = W_0 - lr * dZ_k^T A_k, written once, in place
+            weight = self.views[f"{name}.weight"]
+            scaled = history_out[name].mul_(-self.lr).transpose(1, 2)
+            torch.bmm(scaled, history_in[name], out=weight)
+            weight.add_(start[name])
+        return losses
