@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fedloom import __version__
-from fedloom.cli import certs, client, launch, package, relay, server, simulate
+from fedloom.cli import certs, client, launch, package, peer, relay, server, simulate
 
 __all__ = ["build_parser", "main"]
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_parser(subparsers)
     package.add_parser(subparsers)
     relay.add_parser(subparsers)
+    peer.add_parser(subparsers)
     return parser
 
 
