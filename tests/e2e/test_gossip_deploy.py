@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedloom.cli.main import main
 from fedloom.simulation.topology import simulate_gossip
 from fedloom.topology import Topology
 from fedloom.transport.codec import load_weights
@@ -93,15 +94,17 @@ def start_peers(
     folder: Path,
     *args: str,
     env: dict[str, str] | None = None,
+    security: list[str] | None = None,
 ) -> dict[str, Path]:
-    """``fedloom peer gossip.toml --name NODE ARGS`` for every node; their log files."""
+    """``fedloom peer gossip.toml --name NODE ARGS`` for every node (plain text unless
+    `security` gives TLS and token options); their log files."""
     logs = {}
     for node in RING.nodes:
         logs[node] = folder / f"{node}.out"
         with open(logs[node], "w") as stream:
             processes.append(
                 subprocess.Popen(
-                    [*PEER, "--name", node, "--insecure", *args],
+                    [*PEER, "--name", node, *(security or ["--insecure"]), *args],
                     stdout=stream,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -144,8 +147,16 @@ def deployed(folder: Path, node: str) -> dict[str, np.ndarray]:
 def test_a_ring_of_peers_over_grpc_equals_simulate_gossip(
     tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
+    """With TLS and per-node tokens, as deployed: every node checks every call."""
     write_config(tmp_path, rounds=4)
-    logs = start_peers(processes, tmp_path, "--join-timeout-s", "60", "--round-timeout-s", "30")
+    certs = ["certs", str(tmp_path / "certs"), *(f"--client={node}" for node in RING.nodes)]
+    assert main(certs) == 0
+    logs = start_peers(
+        processes,
+        tmp_path,
+        *("--join-timeout-s", "60", "--round-timeout-s", "30"),
+        security=["--certs", "certs", "--tokens", "certs/tokens.toml"],
+    )
     wait_all(processes, logs, timeout_s=90)
 
     expected = simulated(tmp_path, rounds=4, train=True)

@@ -240,7 +240,7 @@ class PeerLink:
         self,
         server_round: int,
         *,
-        expected: VectorSpec,
+        expected: VectorSpec | None,
         deadline: float,
         patience: float | None = None,
     ) -> Weights:
@@ -248,7 +248,8 @@ class PeerLink:
 
         Args:
             server_round: the round wanted.
-            expected: this node's model layout; another one raises `ShapeMismatch`.
+            expected: this node's model layout; another one raises `ShapeMismatch`
+                (None: any layout).
             deadline: give up by then while the neighbour cannot be reached.
             patience: give up by then while it answers but has not published the round
                 (it is alive, maybe waiting on a peer of its own); default `deadline`.
