@@ -213,7 +213,9 @@ def test_a_peer_killed_mid_run_is_left_out_and_the_others_finish(
     for node in ("n0", "n2"):
         summary = json.loads((tmp_path / "runs" / "ring" / node / "gossip.json").read_text())
         assert summary["rounds"] == 6
-        assert summary["left_out"][:2] == [[], []]
+        # round 1 was complete when n3 was killed (it had mixed round 2); round 2 may have
+        # been fetched from n3 just before or not at all
+        assert summary["left_out"][0] == []
         assert summary["left_out"][-1] == ["n3"]
         assert all(missing in ([], ["n3"]) for missing in summary["left_out"])
         assert "left out (no model in time): n3" in survivors[node].read_text()
