@@ -196,7 +196,7 @@ def test_a_peer_killed_mid_run_is_left_out_and_the_others_finish(
     logs = start_peers(
         processes,
         tmp_path,
-        *("--join-timeout-s", "60", "--round-timeout-s", "3"),
+        *("--join-timeout-s", "60", "--round-timeout-s", "5"),
         env={"GOSSIP_FIT_SLEEP_S": "0.3"},
     )
     victim = processes[3]  # n3: neighbours n2 and n0; n1 is not its neighbour

@@ -127,7 +127,7 @@ def test_a_neighbour_that_never_comes_up_is_left_out_and_the_weights_renormalize
             addresses=addresses,
             rounds=1,
             train=False,
-            join_timeout_s=1.5,
+            join_timeout_s=4.0,
             round_timeout_s=1.5,
             backoff=Backoff(initial_s=0.05, max_s=0.2),
         )
