@@ -57,6 +57,8 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
     roots = ["server"]
     nodes = ["server", "relay-a", "relay-b", "0", "1", "2", "3"]
     edges = [["server", "relay-a"], ["server", "relay-b"], ["relay-a", "0"], ...]
+    [topology.addresses]      # gossip only, for `fedloom peer`: every node's host:port
+    n0 = "10.0.0.1:9000"
 
     [server]                  # optional, read by `fedloom server` (its flags override it)
     address = "0.0.0.0:8080"  # host:port to listen on (port 0: any free port)
@@ -356,6 +358,8 @@ class SimulationConfig:
     server: ServerConfig | None = None
     topology: Topology | None = None
     simulation: SimulationOptions = field(default_factory=SimulationOptions)
+    addresses: Mapping[str, str] | None = None
+    """``[topology.addresses]``: each gossip node's host:port (for ``fedloom peer``)."""
 
     def build(self) -> Federation:
         """Import the entry points and build the strategy, partitioner and stop rules.
@@ -440,6 +444,8 @@ class SimulationConfig:
                 "nodes": list(self.topology.nodes),
                 "edges": [list(edge) for edge in self.topology.edges],
             }
+            if self.addresses is not None:
+                sections["topology"]["addresses"] = dict(self.addresses)
         if self.simulation != SimulationOptions():
             options = asdict(self.simulation)
             fleet = options.pop("fleet")
@@ -524,6 +530,7 @@ def load_config(path: str | Path, *, role: Role = "simulate") -> SimulationConfi
         server=None if tables["server"] is None else _server_config(tables["server"], file),
         topology=_topology(tables["topology"], tables["clients"], file, role),
         simulation=_simulation_options(tables["simulation"], file, seed=run.get("seed", "int")),
+        addresses=_addresses(tables["topology"], file),
     )
     _entry_points(config.clients, file, role)
     _build_strategy(config.strategy, file, rounds=config.run.rounds)
@@ -744,7 +751,7 @@ def _topology(
     if data is None:
         return None
     try:
-        topology = Topology.from_table(data)
+        topology = Topology.from_table({k: v for k, v in data.items() if k != "addresses"})
     except ConfigError as exc:
         message = str(exc)
         if message.startswith("topology: "):
@@ -763,6 +770,55 @@ def _topology(
             num_clients,
         )
     return topology
+
+
+def _addresses(data: Mapping[str, Any] | None, file: Path) -> dict[str, str] | None:
+    """``[topology.addresses]``: a host:port for every node of a gossip topology, and no other."""
+    if data is None or "addresses" not in data:
+        return None
+    key = "[topology.addresses]"
+    topology = Topology.from_table({k: v for k, v in data.items() if k != "addresses"})
+    table = data["addresses"]
+    if topology.kind != "gossip":
+        raise config_error(
+            key,
+            file,
+            f"is for gossip peers (`fedloom peer`), but kind is {topology.kind!r}. Remove it, "
+            'or set kind = "gossip".',
+        )
+    if not isinstance(table, dict):
+        raise config_error(
+            key, file, 'must be a table of node = "host:port", e.g. n0 = "127.0.0.1:9000".', table
+        )
+    unknown = [node for node in table if node not in topology.nodes]
+    if unknown:
+        raise config_error(
+            key,
+            file,
+            f"names unknown node(s) {', '.join(unknown)}; the nodes are "
+            f"{', '.join(topology.nodes)}.{did_you_mean(unknown[0], topology.nodes)}",
+            unknown[0],
+        )
+    missing = [node for node in topology.nodes if node not in table]
+    if missing:
+        raise config_error(
+            key,
+            file,
+            f"has no address for node(s) {', '.join(missing)}; every peer needs its own and "
+            f'its neighbours\' addresses. Add e.g. {missing[0]} = "127.0.0.1:9000".',
+            missing[0],
+        )
+    for node, value in table.items():
+        host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise config_error(
+                f"{key}.{node}",
+                file,
+                f'must be "host:port" with a port in 0..65535, got {value!r}. E.g. '
+                f'{node} = "127.0.0.1:9000".',
+                value,
+            )
+    return dict(table)
 
 
 def _server_config(data: Mapping[str, Any], file: Path) -> ServerConfig:

@@ -2,8 +2,10 @@
 
 The methods are enumerated from ``fleet_pb2.DESCRIPTOR.services_by_name``, so an RPC
 added later is covered without editing this test. Each is called on a real server
-process on 127.0.0.1 (mutual TLS and per-client tokens, as ``fedloom server`` runs):
-without a token, with a wrong or malformed one, and without a client certificate.
+process on 127.0.0.1 (mutual TLS and per-client tokens, as ``fedloom server`` and
+``fedloom peer`` run): without a token, with a wrong or malformed one, and without a
+client certificate. A service the server script does not serve fails the tests with a
+KeyError: serve it there too.
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
 
 
 @pytest.fixture(scope="module")
-def server(certs: DevCerts) -> Iterator[str]:
-    """A server process with mutual TLS and per-client tokens; its address."""
+def servers(certs: DevCerts) -> Iterator[dict[str, str]]:
+    """A server process with mutual TLS and per-client tokens; each service's address."""
     tokens = certs.ca.parent / "tokens.json"
     tokens.write_text("{" + ", ".join(f'"{k}": "{v}"' for k, v in TOKENS.items()) + "}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -88,12 +90,21 @@ def server(certs: DevCerts) -> Iterator[str]:
     )
     try:
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()))  # type: ignore[union-attr]
+
+        def read_two() -> None:
+            for _ in range(2):
+                lines.append(process.stdout.readline())  # type: ignore[union-attr]
+
+        reader = threading.Thread(target=read_two)
         reader.start()
         reader.join(timeout=60)
-        assert lines, "the server printed nothing within 60 s"
+        assert len(lines) == 2, f"the server did not start within 60 s: {lines}"
         assert lines[0].startswith("port "), f"the server did not start: {lines}"
-        yield f"localhost:{int(lines[0].split()[1])}"
+        assert lines[1].startswith("peer_port "), f"the peer service did not start: {lines}"
+        yield {
+            "Fleet": f"localhost:{int(lines[0].split()[1])}",
+            "Peer": f"localhost:{int(lines[1].split()[1])}",
+        }
     finally:
         process.stdin.close()  # type: ignore[union-attr]
         try:
@@ -104,10 +115,15 @@ def server(certs: DevCerts) -> Iterator[str]:
 
 
 @pytest.fixture
-def channel(server: str, certs: DevCerts) -> Iterator[grpc.Channel]:
-    """A channel with alice's valid client certificate (so only the token is at stake)."""
-    with grpc.secure_channel(server, channel_credentials(certs.client_tls("alice"))) as opened:
+def channels(servers: dict[str, str], certs: DevCerts) -> Iterator[dict[str, grpc.Channel]]:
+    """Channels with alice's valid client certificate (so only the token is at stake)."""
+    credentials = channel_credentials(certs.client_tls("alice"))
+    opened = {name: grpc.secure_channel(address, credentials) for name, address in servers.items()}
+    try:
         yield opened
+    finally:
+        for channel in opened.values():
+            channel.close()
 
 
 def test_the_descriptor_lists_the_fleet_rpcs() -> None:
@@ -133,13 +149,13 @@ def test_the_descriptor_lists_the_fleet_rpcs() -> None:
 )
 @pytest.mark.parametrize("method", METHODS, ids=_path)
 def test_every_rpc_refuses_calls_without_valid_token(
-    channel: grpc.Channel,
+    channels: dict[str, grpc.Channel],
     method: MethodDescriptor,
     metadata: tuple[tuple[str, str], ...],
     reason: str,
 ) -> None:
     with pytest.raises(grpc.RpcError) as caught:
-        _call(channel, method, metadata)
+        _call(channels[method.containing_service.name], method, metadata)
 
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert caught.value.details().startswith(reason)
@@ -147,8 +163,9 @@ def test_every_rpc_refuses_calls_without_valid_token(
 
 @pytest.mark.parametrize("method", METHODS, ids=_path)
 def test_every_rpc_refuses_a_client_without_a_certificate_of_the_ca(
-    server: str, certs: DevCerts, tmp_path: Path, method: MethodDescriptor
+    servers: dict[str, str], certs: DevCerts, tmp_path: Path, method: MethodDescriptor
 ) -> None:
+    server = servers[method.containing_service.name]
     foreign = make_dev_certs(tmp_path, client_names=("mallory",))
     tls = TlsConfig(
         ca=certs.ca, cert=foreign.clients["mallory"].cert, key=foreign.clients["mallory"].key
@@ -162,8 +179,9 @@ def test_every_rpc_refuses_a_client_without_a_certificate_of_the_ca(
 
 
 def test_valid_credentials_pass_so_the_refusals_are_about_credentials(
-    channel: grpc.Channel,
+    channels: dict[str, grpc.Channel],
 ) -> None:
+    channel = channels["Fleet"]
     token = bearer_metadata(TOKENS["alice"])
     join = channel.unary_unary(
         "/fedloom.v1.Fleet/Join",
@@ -178,3 +196,11 @@ def test_valid_credentials_pass_so_the_refusals_are_about_credentials(
     assert joined.session
     assert joined.run_id
     assert beat_reply.known is False  # an empty session is unknown, but the call was served
+
+
+def test_valid_credentials_reach_the_peer_service(channels: dict[str, grpc.Channel]) -> None:
+    get_model = next(m for m in METHODS if m.name == "GetModel")
+    frames = _call(channels["Peer"], get_model, bearer_metadata(TOKENS["alice"]))
+
+    assert frames  # served: a "none" signal, as round 0 was never published
+    assert frames[0].header.kind == "none"

@@ -13,7 +13,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fedloom import __version__
-from fedloom.cli import certs, client, dashboard, launch, package, relay, runs, server, simulate
+from fedloom.cli import (
+    certs,
+    client,
+    dashboard,
+    launch,
+    package,
+    peer,
+    relay,
+    runs,
+    server,
+    simulate,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -45,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_parser(subparsers)
     package.add_parser(subparsers)
     relay.add_parser(subparsers)
+    peer.add_parser(subparsers)
     return parser
 
 

@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"[topology].kind in {config.path}: fedloom simulate runs star and tree "
                 "topologies; a gossip graph has no server whose rounds it could record. Run "
-                "it with fedloom.simulation.topology.simulate_gossip(client_fn, topology=...).",
+                "it with fedloom.simulation.topology.simulate_gossip(client_fn, topology=...), "
+                "or deployed with `fedloom peer CONFIG.toml --name NODE` per node.",
                 field="[topology].kind",
                 value="gossip",
             )

@@ -233,7 +233,8 @@ def simulate_gossip(
     node fits from its model (if `train`; config ``server_round``, a ``seed``
     derived from the run seed and the node's name, and `config`), then all nodes
     mix at once with `mixing_weights`. A node whose fit fails keeps its model
-    for that round's mix.
+    for that round's mix. `fedloom.gossiping.gossip` (``fedloom peer``) runs the same
+    rounds over gRPC, one process per node, and gives the same weights.
 
     Args:
         client_fn: builds a node's client from its `ClientContext` (id = node name).
