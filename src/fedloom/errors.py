@@ -4,6 +4,7 @@
 
     FedloomError
     ├── ConfigError (ValueError)      a parameter, TOML key or combination is invalid
+    │   └── DatasetNotFound           a dataset's files are not where the loader looked
     ├── ProtocolError                 a peer broke the message contract
     │   ├── DecodeError               bytes that do not parse as the expected message
     │   └── InvalidResult             a result that does not match the global model
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "DeadlineExceeded",
+    "DatasetNotFound",
     "DecodeError",
     "FedloomError",
     "InvalidResult",
@@ -67,6 +69,18 @@ class ConfigError(FedloomError, ValueError):
         super().__init__(message)
         self.field = field
         self.value = value
+
+
+class DatasetNotFound(ConfigError):
+    """A dataset loader found no files where it looked; the text says how to get them.
+
+    Attributes:
+        path: where the loader looked (a path, or several joined by commas), when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, field="root", value=path)
+        self.path = path
 
 
 class ProtocolError(FedloomError):
