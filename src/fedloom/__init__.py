@@ -11,7 +11,8 @@ server folds their results into new global weights. The subpackages:
 - `fedloom.transport`: the safetensors codec and channels to clients.
 - `fedloom.simulation`: `simulate`, whole federations in one process.
 - `fedloom.data`: partitioners (iid, Dirichlet, shards, by key).
-- `fedloom.store`: the run folder (history.json, weights.safetensors).
+- `fedloom.store`: the run store (SQLite or PostgreSQL: rounds, results, checkpoints,
+  resume) and the run folder (history.json, weights.safetensors).
 - `fedloom.config`: TOML configs for the ``fedloom`` command.
 
 - `fedloom.deployment`: `serve` and `connect`, the same federation over gRPC.

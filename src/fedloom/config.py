@@ -39,6 +39,12 @@ fedloom.toml: ...``. Unknown keys are errors. The format::
     keep_best = "central.accuracy"            # KeepBest (best.safetensors in the run folder)
     mode = "max"                              # "max" or "min", for all three rules
 
+    [topology]                # optional: a star, a tree of relays, or gossip (fedloom.topology)
+    kind = "tree"             # "star", "tree" or "gossip"
+    roots = ["server"]
+    nodes = ["server", "relay-a", "relay-b", "0", "1", "2", "3"]
+    edges = [["server", "relay-a"], ["server", "relay-b"], ["relay-a", "0"], ...]
+
     [server]                  # optional, read by `fedloom server` (its flags override it)
     address = "0.0.0.0:8080"  # host:port to listen on (port 0: any free port)
     min_clients = 10          # clients to wait for (default: [clients].num_clients, else 1)
@@ -83,6 +89,7 @@ from fedloom.errors import ConfigError, did_you_mean
 from fedloom.server import Callback, EarlyStopping, EvaluateFn, KeepBest, StopAtMetric
 from fedloom.strategies import STRATEGIES, Strategy
 from fedloom.strategies.optimizers import SERVER_OPTIMIZERS, ServerOptimizer
+from fedloom.topology import Topology
 from fedloom.transport.inprocess import ClientFn
 
 if sys.version_info >= (3, 11):
@@ -110,7 +117,7 @@ Mode = Literal["max", "min"]
 Role = Literal["simulate", "server", "client"]
 """The command reading a config; each requires and imports only what it uses."""
 ROLES: tuple[Role, ...] = ("simulate", "server", "client")
-_SECTIONS = ("run", "clients", "data", "strategy", "stop", "server")
+_SECTIONS = ("run", "clients", "data", "strategy", "stop", "server", "topology")
 _RUN_KEYS = ("rounds", "seed", "dir", "name")
 _CLIENTS_KEYS = ("app", "num_clients", "evaluate", "initial_weights")
 _STOP_KEYS = ("target_metric", "target_value", "patience", "patience_metric", "keep_best", "mode")
@@ -227,6 +234,8 @@ class Federation:
     initial_weights: WeightsLike | None
     callbacks: tuple[Callback, ...]
     keep_best: KeepBest | None
+    topology: Topology | None = None
+    """``[topology]``: its leaves are the clients, in node order; None is a star."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +278,7 @@ class SimulationConfig:
     data: DataConfig | None = None
     stop: StopConfig = field(default_factory=StopConfig)
     server: ServerConfig | None = None
+    topology: Topology | None = None
 
     def build(self) -> Federation:
         """Import the entry points and build the strategy, partitioner and stop rules.
@@ -290,6 +300,7 @@ class SimulationConfig:
             initial_weights=None if initial_fn is None else _initial(initial_fn, self.path),
             callbacks=tuple(callbacks),
             keep_best=next((cb for cb in callbacks if isinstance(cb, KeepBest)), None),
+            topology=self.topology,
         )
 
     def build_server(self) -> ServerFederation:
@@ -344,6 +355,13 @@ class SimulationConfig:
         sections["stop"] = asdict(self.stop)
         if self.server is not None:
             sections["server"] = asdict(self.server)
+        if self.topology is not None:
+            sections["topology"] = {
+                "kind": self.topology.kind,
+                "roots": list(self.topology.roots),
+                "nodes": list(self.topology.nodes),
+                "edges": [list(edge) for edge in self.topology.edges],
+            }
         return {name: _without_none(section) for name, section in sections.items()}
 
 
@@ -419,6 +437,7 @@ def load_config(path: str | Path, *, role: Role = "simulate") -> SimulationConfi
             mode=stop.get("mode", "str", default="max"),
         ),
         server=None if tables["server"] is None else _server_config(tables["server"], file),
+        topology=_topology(tables["topology"], tables["clients"], file, role),
     )
     _entry_points(config.clients, file, role)
     _build_strategy(config.strategy, file)
@@ -579,6 +598,34 @@ def _build_stop(config: StopConfig, file: Path) -> list[Callback]:
     if config.keep_best is not None:
         callbacks.append(KeepBest(metric=config.keep_best, mode=config.mode))
     return callbacks
+
+
+def _topology(
+    data: Mapping[str, Any] | None, clients: Mapping[str, Any] | None, file: Path, role: Role
+) -> Topology | None:
+    """``[topology]`` checked as a graph; its leaves must be ``[clients].num_clients`` many."""
+    if data is None:
+        return None
+    try:
+        topology = Topology.from_table(data)
+    except ConfigError as exc:
+        message = str(exc)
+        if message.startswith("topology: "):
+            message = f"[topology] in {file}: {message.removeprefix('topology: ')}"
+        else:
+            message = f"{file}: {message}"
+        raise ConfigError(message, field=exc.field, value=exc.value) from exc
+    num_clients = (clients or {}).get("num_clients")
+    leaves = topology.leaves
+    if role == "simulate" and isinstance(num_clients, int) and num_clients != len(leaves):
+        raise config_error(
+            "[clients].num_clients",
+            file,
+            f"is {num_clients}, but [topology] has {len(leaves)} clients (its leaves: "
+            f"{', '.join(leaves)}). Make num_clients = {len(leaves)}.",
+            num_clients,
+        )
+    return topology
 
 
 def _server_config(data: Mapping[str, Any], file: Path) -> ServerConfig:

@@ -13,10 +13,15 @@
     │   ├── ConnectError
     │   └── DeadlineExceeded
     ├── ClientError                   user client code raised during a task
+    │   └── EntryPointError           a compute package's entry point failed
+    ├── PackageError                  a compute package is malformed, unsafe or untrusted
     ├── AggregationError              results could not be combined
     │   └── NotEnoughResults
-    └── PrivacyError
-        └── BudgetExhausted
+    ├── PrivacyError
+    │   └── BudgetExhausted
+    └── StoreError                    the run store cannot be used
+        ├── StoreUnreachable          its database cannot be reached
+        └── CorruptState              a recorded file or row fails its checksum
 
 Every exception carries structured attributes as well as its text, so callers
 can react without parsing messages.
@@ -33,15 +38,20 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ConnectError",
+    "CorruptState",
     "DeadlineExceeded",
     "DatasetNotFound",
     "DecodeError",
+    "EntryPointError",
     "FedloomError",
     "InvalidResult",
     "NotEnoughResults",
+    "PackageError",
     "PrivacyError",
     "ProtocolError",
     "ShapeMismatch",
+    "StoreError",
+    "StoreUnreachable",
     "TransportError",
     "did_you_mean",
 ]
@@ -129,6 +139,34 @@ class ClientError(FedloomError):
         self.client_id = client_id
 
 
+class EntryPointError(ClientError):
+    """A compute package's entry point exited non-zero, was killed, or timed out.
+
+    Attributes:
+        entry_point: "train", "validate", "startup" or "init".
+        returncode: the exit status; negative for a signal; None after a timeout.
+        output_tail: the last lines the command printed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        entry_point: str,
+        returncode: int | None,
+        output_tail: str,
+        client_id: str | None = None,
+    ) -> None:
+        super().__init__(message, client_id=client_id)
+        self.entry_point = entry_point
+        self.returncode = returncode
+        self.output_tail = output_tail
+
+
+class PackageError(FedloomError):
+    """A compute package is malformed, unsafe (paths, links, size) or untrusted (digest, signer)."""
+
+
 class AggregationError(FedloomError):
     """Results could not be combined into an update."""
 
@@ -159,3 +197,31 @@ class PrivacyError(FedloomError):
 
 class BudgetExhausted(PrivacyError):
     """The privacy budget would be exceeded by another round."""
+
+
+class StoreError(FedloomError):
+    """The run store (SQLite file or database server) cannot be used as asked."""
+
+
+class StoreUnreachable(StoreError):
+    """The store's database cannot be reached or opened; the message shows the URL, password masked.
+
+    Attributes:
+        url: the URL with its password replaced by ``***``.
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class CorruptState(StoreError):
+    """A recorded checkpoint, state file or database fails its checks; nothing was loaded.
+
+    Attributes:
+        path: the file that failed, when a file did.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

@@ -2,7 +2,9 @@
 
 The client comes from a config (``[clients].app``, with ``[data]`` and ``[run].seed``)
 or from ``--app module:function``; either way ``client_fn`` is called once with a
-`ClientContext` naming this client and its partition. The client then dials the
+`ClientContext` naming this client and its partition. With ``--package-dir DIR``
+the client's code is instead the server's compute package, fetched, checked
+(digest, allow-listed signers with ``--trust``) and unpacked into DIR. The client then dials the
 server, serves tasks until the server ends the run (exit 0), and retries with
 backoff while the server cannot be reached. A refused token or certificate is
 final (exit 1). Security is on by default: it needs the CA that signed the
@@ -26,7 +28,7 @@ from fedloom.cli._options import (
 )
 from fedloom.config import ClientApp, load_config
 from fedloom.core import Client, ClientContext
-from fedloom.errors import ConfigError, ConnectError
+from fedloom.errors import ConfigError, ConnectError, PackageError
 
 if TYPE_CHECKING:
     from fedloom.transport.grpc.security import TlsConfig
@@ -68,6 +70,26 @@ def add_parser(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         "--token-file", type=Path, metavar="FILE", help="a file with the token, or tokens.toml"
     )
     parser.add_argument("--insecure", action="store_true", help="plain text (trusted networks)")
+    package = parser.add_argument_group("compute package (instead of CONFIG.toml or --app)")
+    package.add_argument(
+        "--package-dir", type=Path, metavar="DIR", help="fetch the server's package into DIR"
+    )
+    package.add_argument(
+        "--trust",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="KEY.pub",
+        help="run only packages signed by this key (repeat for several signers)",
+    )
+    package.add_argument("--package-sha256", metavar="HEX", help="the digest it must have")
+    package.add_argument("--data", default="", metavar="PATH", help="what {data} stands for")
+    package.add_argument(
+        "--train-timeout", type=float, default=3600.0, metavar="S", help="default 3600"
+    )
+    package.add_argument(
+        "--validate-timeout", type=float, default=600.0, metavar="S", help="default 600"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -82,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         from fedloom.deployment import connect
     except ImportError as exc:  # no grpc extra: the message names it
         return fail(exc, status=2)
+    if args.package_dir is not None:
+        return _run_package(args)
     try:
         app = _client_app(args)
         context = _context(args, app)
@@ -106,6 +130,48 @@ def run(args: argparse.Namespace) -> int:
         return fail(exc, status=1)
     except ConfigError as exc:
         return fail(exc, status=2)
+    except KeyboardInterrupt:
+        return fail("interrupted", status=130)
+    print(f"the server ended the run; client '{args.name}' ran {tasks} tasks", flush=True)
+    return 0
+
+
+def _run_package(args: argparse.Namespace) -> int:
+    """Serve the server's compute package: fetch, check, unpack, then run its entry points."""
+    from fedloom.deployment import connect_package
+    from fedloom.package import load_public_keys
+
+    try:
+        if args.config is not None or args.app is not None:
+            raise ConfigError(
+                "--package-dir runs the server's compute package; drop CONFIG.toml and --app, "
+                "or drop --package-dir to run your own code."
+            )
+        tls = _tls(args)
+        token = _token(args)
+        trusted = load_public_keys(args.trust)
+    except ConfigError as exc:
+        return fail(exc, status=2)
+    if args.insecure:
+        warn_insecure()
+    print(f"client '{args.name}' fetching the package from {args.server}", flush=True)
+    try:
+        tasks = connect_package(
+            address=args.server,
+            name=args.name,
+            workdir=args.package_dir,
+            token=token,
+            tls=tls,
+            trusted_keys=trusted,
+            sha256=args.package_sha256,
+            data=args.data,
+            train_timeout_s=args.train_timeout,
+            validate_timeout_s=args.validate_timeout,
+        )
+    except (ConfigError, PackageError) as exc:
+        return fail(exc, status=2)
+    except ConnectError as exc:
+        return fail(exc, status=1)
     except KeyboardInterrupt:
         return fail("interrupted", status=130)
     print(f"the server ended the run; client '{args.name}' ran {tasks} tasks", flush=True)

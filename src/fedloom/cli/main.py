@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fedloom import __version__
-from fedloom.cli import certs, client, launch, server, simulate
+from fedloom.cli import certs, client, dashboard, launch, package, relay, runs, server, simulate
 
 __all__ = ["build_parser", "main"]
 
@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_parser(subparsers)
     certs.add_parser(subparsers)
     launch.add_parser(subparsers)
+    runs.add_parser(subparsers)
+    dashboard.add_parser(subparsers)
+    package.add_parser(subparsers)
+    relay.add_parser(subparsers)
     return parser
 
 

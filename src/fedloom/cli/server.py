@@ -9,13 +9,16 @@ or ``--cert``/``--key``) and tokens (``--tokens FILE`` or ``--secret-file FILE``
 
 It prints ``listening on HOST:PORT`` (flushed) as soon as it listens, a line per
 round, the final metrics and the run folder, which holds the same files as a
-simulation's.
+simulation's. Every round is recorded whole in the store (``store.db`` in the run
+folder, or ``--store URL``); ``--resume RUN`` restarts a killed server after the
+run's last recorded round, and the clients reconnect by themselves.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,10 +31,18 @@ from fedloom.cli._options import (
     read_secret,
     warn_insecure,
 )
-from fedloom.cli._runs import run_folder, summarize
+from fedloom.cli._runs import (
+    add_store_options,
+    open_recording,
+    resumed_folder,
+    run_folder,
+    summarize,
+)
+from fedloom.cli.dashboard import check_for_server, dashboard_address, start_for_server
 from fedloom.config import ServerConfig, ServerFederation, SimulationConfig, load_config
-from fedloom.errors import ConfigError, FedloomError
+from fedloom.errors import ConfigError, FedloomError, PackageError, StoreError
 from fedloom.observe import ProgressBar
+from fedloom.observe.tensorboard import TensorBoardLogger
 from fedloom.store import RunFolder
 
 if TYPE_CHECKING:
@@ -76,6 +87,20 @@ def add_parser(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         "--insecure", action="store_true", help="plain text; tokens optional (trusted networks)"
     )
     parser.add_argument("--no-progress", action="store_true", help="print no per-round lines")
+    add_store_options(parser)
+    parser.add_argument(
+        "--dashboard",
+        type=dashboard_address,
+        metavar="[HOST:]PORT",
+        help="also serve the web dashboard of the run (HOST: the server's by default; off "
+        "loopback it needs the server's tokens and uses its certificate)",
+    )
+    parser.add_argument(
+        "--package",
+        type=Path,
+        metavar="FILE.tar.gz",
+        help="hand this compute package (`fedloom package build`) to clients that ask for it",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -94,13 +119,49 @@ def run(args: argparse.Namespace) -> int:
         config = _with_flags(load_config(args.config, role="server"), args)
         federation = config.build_server()
         tls, tokens = _security(args)
+        if args.dashboard is not None:
+            check_for_server(
+                args.dashboard, server_address=federation.server.address, tokens=tokens
+            )
     except ConfigError as exc:
         return fail(exc, status=2)
     if args.insecure:
         warn_insecure()
     settings = federation.server
-    folder = run_folder(config, args.run_dir)
     record = _record(config, federation, tls=tls is not None, tokens=tokens)
+    try:
+        folder = (
+            resumed_folder(config, args.run_dir, args.resume)
+            if args.resume is not None
+            else run_folder(config, args.run_dir)
+        )
+        recording = open_recording(
+            folder,
+            store_url=args.store,
+            config=record,
+            seed=federation.seed,
+            resume=args.resume is not None,
+        )
+    except (ConfigError, StoreError) as exc:
+        return fail(exc, status=2)
+    if recording.resume:
+        done = recording.store.get_run(recording.run_id).rounds_done
+        print(f"resuming run '{recording.run_id}' after round {done}", flush=True)
+    board = None
+    if args.dashboard is not None:
+        try:
+            board = start_for_server(
+                args.dashboard,
+                server_address=settings.address,
+                store=args.store if args.store is not None else folder,
+                tokens=tokens,
+                cert=tls.cert if tls is not None else None,
+                key=tls.key if tls is not None else None,
+            )
+        except FedloomError as exc:
+            recording.store.close()
+            return fail(exc, status=2)
+        print(f"dashboard on {board.url}", flush=True)
     progress = None if args.no_progress else ProgressBar(rounds=federation.rounds)
     host = settings.address.rpartition(":")[0]
 
@@ -125,18 +186,27 @@ def run(args: argparse.Namespace) -> int:
             callbacks=[
                 *federation.callbacks,
                 RunFolder(folder, config=record),
+                TensorBoardLogger(folder),
                 *([progress] if progress is not None else []),
             ],
             heartbeat_s=settings.heartbeat_s,
             on_ready=ready,
+            recording=recording,
+            on_connected=(
+                None if board is None else functools.partial(board.show_connected, recording.run_id)
+            ),
+            package=args.package,
         )
-    except ConfigError as exc:
+    except (ConfigError, PackageError) as exc:
         return fail(exc, status=2)
     except FedloomError as exc:
         return fail(f"{exc}\nthe rounds done so far are in {folder}", status=1)
     except KeyboardInterrupt:
         return fail(f"interrupted; the rounds done so far are in {folder}", status=130)
     finally:
+        if board is not None:
+            board.stop()
+        recording.store.close()
         if progress is not None:
             progress.close()
     summarize(result, folder, federation.keep_best)

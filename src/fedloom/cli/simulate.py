@@ -1,10 +1,16 @@
 """``fedloom simulate CONFIG.toml``: run a whole federation in this process from a TOML config.
 
+A ``[topology]`` of kind star or tree runs through relays (`simulate_tree`); a
+gossip graph has no server and runs from Python (`simulate_gossip`).
+
 The config is loaded and every object built before anything is written, so a
 bad config exits with status 2 and creates no run folder. The run folder
 (``[run].dir``/``[run].name``, or ``--run-dir``) gets ``config.json``,
 ``history.json`` after every round, ``weights.safetensors`` at the end, and
-``best.safetensors`` when ``[stop].keep_best`` is set.
+``best.safetensors`` when ``[stop].keep_best`` is set. Every round is recorded
+whole in the store (``store.db`` in the run folder, or ``--store URL``) with its
+checkpoint in ``checkpoints/``; ``--resume RUN`` continues a killed run after its
+last recorded round, ending bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,11 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.cli._options import positive_int
-from fedloom.cli._runs import run_folder, summarize
+from fedloom.cli._runs import (
+    add_store_options,
+    open_recording,
+    resumed_folder,
+    run_folder,
+    summarize,
+)
 from fedloom.config import Federation, SimulationConfig, load_config
-from fedloom.errors import ConfigError, FedloomError
+from fedloom.errors import ConfigError, FedloomError, StoreError
 from fedloom.observe import ProgressBar
+from fedloom.observe.tensorboard import TensorBoardLogger
 from fedloom.simulation import simulate
+from fedloom.simulation.topology import simulate_tree
 from fedloom.store import RunFolder
 
 __all__ = ["add_parser", "run"]
@@ -50,6 +64,7 @@ def add_parser(subparsers: _SubParsers[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--no-progress", action="store_true", help="print no progress bar or per-round lines"
     )
+    add_store_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -65,23 +80,68 @@ def run(args: argparse.Namespace) -> int:
         if args.rounds is not None:
             config = replace(config, run=replace(config.run, rounds=args.rounds))
         federation = config.build()
+        if federation.topology is not None and federation.topology.kind == "gossip":
+            raise ConfigError(
+                f"[topology].kind in {config.path}: fedloom simulate runs star and tree "
+                "topologies; a gossip graph has no server whose rounds it could record. Run "
+                "it with fedloom.simulation.topology.simulate_gossip(client_fn, topology=...).",
+                field="[topology].kind",
+                value="gossip",
+            )
     except ConfigError as exc:
         return _fail(exc, status=2)
-    folder = run_folder(config, args.run_dir)
-    callbacks = [*federation.callbacks, RunFolder(folder, config=_record(config, federation))]
+    record = _record(config, federation)
+    try:
+        folder = (
+            resumed_folder(config, args.run_dir, args.resume)
+            if args.resume is not None
+            else run_folder(config, args.run_dir)
+        )
+        recording = open_recording(
+            folder,
+            store_url=args.store,
+            config=record,
+            seed=federation.seed,
+            resume=args.resume is not None,
+        )
+    except (ConfigError, StoreError) as exc:
+        return _fail(exc, status=2)
+    if recording.resume:
+        done = recording.store.get_run(recording.run_id).rounds_done
+        print(f"resuming run '{recording.run_id}' after round {done}", flush=True)
+    callbacks = [
+        *federation.callbacks,
+        RunFolder(folder, config=record),
+        TensorBoardLogger(folder),
+    ]
     progress = None if args.no_progress else ProgressBar(rounds=federation.rounds)
     try:
-        result = simulate(
-            federation.client_fn,
-            num_clients=federation.num_clients,
-            rounds=federation.rounds,
-            strategy=federation.strategy,
-            seed=federation.seed,
-            partitioner=federation.partitioner,
-            initial_weights=federation.initial_weights,
-            evaluate_fn=federation.evaluate_fn,
-            callbacks=[*callbacks, *([progress] if progress is not None else [])],
-        )
+        if federation.topology is None:
+            result = simulate(
+                federation.client_fn,
+                num_clients=federation.num_clients,
+                rounds=federation.rounds,
+                strategy=federation.strategy,
+                seed=federation.seed,
+                partitioner=federation.partitioner,
+                initial_weights=federation.initial_weights,
+                evaluate_fn=federation.evaluate_fn,
+                callbacks=[*callbacks, *([progress] if progress is not None else [])],
+                recording=recording,
+            )
+        else:
+            result = simulate_tree(
+                federation.client_fn,
+                topology=federation.topology,
+                rounds=federation.rounds,
+                strategy=federation.strategy,
+                seed=federation.seed,
+                partitioner=federation.partitioner,
+                initial_weights=federation.initial_weights,
+                evaluate_fn=federation.evaluate_fn,
+                callbacks=[*callbacks, *([progress] if progress is not None else [])],
+                recording=recording,
+            )
     except ConfigError as exc:
         return _fail(exc, status=2, folder=folder)
     except FedloomError as exc:
@@ -90,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted; the rounds done so far are in {folder}", file=sys.stderr)
         return 130
     finally:
+        recording.store.close()
         if progress is not None:
             progress.close()
     summarize(result, folder, federation.keep_best)

@@ -2,8 +2,9 @@
 
 `FunctionClient` and `GradientClient` (a loss-and-gradient function trained
 by local SGD, with every client plug-in) need only NumPy; `TorchClient`
-(extra ``torch``) and `SklearnClient` (extra ``sklearn``) are imported on
-first use, so ``import fedloom.client`` never pulls in a framework.
+(extra ``torch``), `SklearnClient` (extra ``sklearn``) and `KerasClient`
+(extra ``keras``, any Keras 3 backend) are imported on first use, so
+``import fedloom.client`` never pulls in a framework.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from fedloom.client.function import FunctionClient
 from fedloom.client.gradient import GradientClient
 
 if TYPE_CHECKING:
+    from fedloom.client.keras import KerasClient
     from fedloom.client.sklearn import SklearnClient
     from fedloom.client.torch import TorchClient
 
-__all__ = ["FunctionClient", "GradientClient", "SklearnClient", "TorchClient"]
+__all__ = ["FunctionClient", "GradientClient", "KerasClient", "SklearnClient", "TorchClient"]
 
 _LAZY = {
     "TorchClient": ("fedloom.client.torch", "torch", "torch"),
     "SklearnClient": ("fedloom.client.sklearn", "sklearn", "sklearn"),
+    "KerasClient": ("fedloom.client.keras", "keras", "keras"),
 }
 
 

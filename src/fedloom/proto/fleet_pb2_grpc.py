@@ -59,6 +59,11 @@ class FleetStub:
                 request_serializer=fedloom_dot_proto_dot_fleet__pb2.BeatRequest.SerializeToString,
                 response_deserializer=fedloom_dot_proto_dot_fleet__pb2.BeatReply.FromString,
                 _registered_method=True)
+        self.FetchPackage = channel.unary_stream(
+                '/fedloom.v1.Fleet/FetchPackage',
+                request_serializer=fedloom_dot_proto_dot_fleet__pb2.PackageRequest.SerializeToString,
+                response_deserializer=fedloom_dot_proto_dot_fleet__pb2.Frame.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -96,6 +101,13 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchPackage(self, request, context):
+        """the compute package, if any
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +135,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=fedloom_dot_proto_dot_fleet__pb2.BeatRequest.FromString,
                     response_serializer=fedloom_dot_proto_dot_fleet__pb2.BeatReply.SerializeToString,
+            ),
+            'FetchPackage': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchPackage,
+                    request_deserializer=fedloom_dot_proto_dot_fleet__pb2.PackageRequest.FromString,
+                    response_serializer=fedloom_dot_proto_dot_fleet__pb2.Frame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +277,33 @@ class Fleet:
             '/fedloom.v1.Fleet/Leave',
             fedloom_dot_proto_dot_fleet__pb2.BeatRequest.SerializeToString,
             fedloom_dot_proto_dot_fleet__pb2.BeatReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPackage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedloom.v1.Fleet/FetchPackage',
+            fedloom_dot_proto_dot_fleet__pb2.PackageRequest.SerializeToString,
+            fedloom_dot_proto_dot_fleet__pb2.Frame.FromString,
             options,
             channel_credentials,
             insecure,

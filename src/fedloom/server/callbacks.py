@@ -7,12 +7,14 @@ True to stop the run after that round; the reason is its `stop_reason`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from fedloom.core import Metrics, Weights
 from fedloom.errors import ConfigError
-from fedloom.server.history import RoundRecord
+from fedloom.server.history import ClientOutcome, History, RoundRecord
+from fedloom.strategies import StrategyState
 
 if TYPE_CHECKING:
     from fedloom.server.orchestrator import RunResult
@@ -36,9 +38,25 @@ class Callback:
     def on_evaluate(self, server_round: int, metrics: Metrics) -> None:
         """Federated and central evaluation of `server_round` are done."""
 
+    def on_client_result(self, outcome: ClientOutcome) -> None:
+        """A client's fit or evaluate task of the current round ended (result or failure)."""
+
+    def on_checkpoint(self, record: RoundRecord, state: StrategyState) -> None:
+        """A round is complete (round 0: the initial state); persist it here if you keep state.
+
+        Called before `on_round_end`, so a store has the round whole before anyone is
+        told it happened.
+        """
+
     def on_round_end(self, record: RoundRecord, weights: Weights) -> bool:
         """The round is recorded; return True to stop the run here."""
         return False
+
+    def on_resume(self, history: History, weights_of: Callable[[int], Weights]) -> None:
+        """The run resumes after `history`'s last round; `weights_of(r)` loads round r's weights.
+
+        Callbacks that keep state across rounds rebuild it here.
+        """
 
     def on_run_end(self, result: RunResult) -> None:
         """The run finished (or stopped early)."""
@@ -127,6 +145,11 @@ class EarlyStopping(Callback):
             return True
         return False
 
+    def on_resume(self, history: History, weights_of: Callable[[int], Weights]) -> None:
+        self._best, self._stale = math.nan, 0
+        for record in history:
+            self.on_round_end(record, _NO_WEIGHTS)
+
 
 @dataclass(kw_only=True)
 class KeepBest(Callback):
@@ -152,3 +175,19 @@ class KeepBest(Callback):
         ):
             self.weights, self.server_round, self.value = weights, record.server_round, float(value)
         return False
+
+    def on_resume(self, history: History, weights_of: Callable[[int], Weights]) -> None:
+        best: RoundRecord | None = None
+        for record in history:
+            value = record.metrics.get(self.metric)
+            if isinstance(value, int | float) and (
+                best is None or _better(float(value), float(best.metrics[self.metric]), self.mode)
+            ):
+                best = record
+        if best is not None:
+            self.server_round = best.server_round
+            self.value = float(best.metrics[self.metric])
+            self.weights = weights_of(best.server_round)
+
+
+_NO_WEIGHTS = Weights({})

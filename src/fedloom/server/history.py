@@ -9,7 +9,7 @@ from typing import Any
 
 from fedloom.core import Scalar
 
-__all__ = ["History", "RoundRecord"]
+__all__ = ["ClientOutcome", "History", "RoundRecord"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,6 +27,24 @@ class RoundRecord:
     num_results: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientOutcome:
+    """One client's task in a round: its result, or its failure and the reason.
+
+    `duration_s` runs from when the round sent the task to when the reply came;
+    `staleness` is set for asynchronous schedules only.
+    """
+
+    server_round: int
+    client_id: str
+    kind: str
+    metrics: dict[str, Scalar]
+    num_examples: int = 0
+    duration_s: float = 0.0
+    failure: str | None = None
+    staleness: int | None = None
 
 
 class History:

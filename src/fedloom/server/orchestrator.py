@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedloom._faults import fault_point
 from fedloom.core import (
     Channel,
     ClientId,
@@ -37,11 +38,11 @@ from fedloom.core import (
 from fedloom.errors import ConfigError, FedloomError, InvalidResult, NotEnoughResults, ShapeMismatch
 from fedloom.server.buffered import BufferedSource
 from fedloom.server.callbacks import Callback
-from fedloom.server.history import History, RoundRecord
+from fedloom.server.history import ClientOutcome, History, RoundRecord
 from fedloom.strategies import FitResult, Strategy, StrategyState
 from fedloom.strategies.schedules import Buffered
 
-__all__ = ["EvaluateFn", "Orchestrator", "RunResult"]
+__all__ = ["EvaluateFn", "Orchestrator", "ResumePoint", "RunResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,23 @@ class RunResult:
     history: History
     weights: Weights
     stop_reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumePoint:
+    """Where a resumed run picks up: after `server_round`, with that round's state.
+
+    Args:
+        server_round: the last round recorded whole (0: only the initial state).
+        state: the strategy state after it (weights, optimizer moments, plug-in state).
+        history: the records of the rounds so far, as an uninterrupted run would hold them.
+        weights_of: loads the global weights after any recorded round (for KeepBest).
+    """
+
+    server_round: int
+    state: StrategyState
+    history: History
+    weights_of: Callable[[int], Weights]
 
 
 class Orchestrator:
@@ -94,6 +112,7 @@ class Orchestrator:
         self._evaluate_fn = evaluate_fn
         self._callbacks = tuple(callbacks)
         self._fit_timeout_s = fit_timeout_s
+        self._dispatched = time.perf_counter()  # when the current round's tasks went out
         self._buffer = (
             BufferedSource(
                 channel,
@@ -107,33 +126,81 @@ class Orchestrator:
             else None
         )
 
-    def run(self, initial_weights: WeightsLike | None = None) -> RunResult:
+    def run(
+        self, initial_weights: WeightsLike | None = None, *, resume: ResumePoint | None = None
+    ) -> RunResult:
         """Run up to `rounds` rounds from `initial_weights` (or one client's weights).
+
+        Args:
+            initial_weights: the weights before round 1 (default: the first client's).
+            resume: continue a recorded run after its last recorded round instead
+                (`initial_weights` is then ignored); callbacks get `Callback.on_resume`.
 
         Raises:
             NotEnoughResults: a round got fewer than ``min_fit`` usable results.
         """
-        weights = self._initial_weights(initial_weights)
-        del initial_weights  # the state holds them; keep no second reference for the run
-        state = self._strategy.init(weights)
-        history = History()
         stop = ""
         stop_reason = f"completed {self._rounds} rounds"
-        if self._evaluate_fn is not None:
-            record = RoundRecord(server_round=0, metrics=self._central(weights, 0))
-            stop = self._record(history, record, weights)
-            stop_reason = stop or stop_reason
-        del weights
-        for server_round in range(1, self._rounds + 1):
+        if resume is None:
+            weights = self._initial_weights(initial_weights)
+            del initial_weights  # the state holds them; keep no second reference for the run
+            state = self._strategy.init(weights)
+            history = History()
+            metrics = {} if self._evaluate_fn is None else self._central(weights, 0)
+            record = RoundRecord(server_round=0, metrics=metrics)
+            for callback in self._callbacks:
+                callback.on_checkpoint(record, state)
+            if self._evaluate_fn is not None:
+                stop = self._record(history, record, weights)
+                stop_reason = stop or stop_reason
+            del weights
+            first = 1
+        else:
+            state, history, first = (
+                resume.state,
+                History(list(resume.history)),
+                resume.server_round + 1,
+            )
+            for callback in self._callbacks:
+                callback.on_resume(history, resume.weights_of)
+        for server_round in range(first, self._rounds + 1):
             if stop:
                 break
             state, record = self._round(server_round, state)
+            for callback in self._callbacks:
+                callback.on_checkpoint(record, state)
             stop = self._record(history, record, state.weights)
             stop_reason = stop or stop_reason
         result = RunResult(history=history, weights=state.weights, stop_reason=stop_reason)
         for callback in self._callbacks:
             callback.on_run_end(result)
         return result
+
+    def run_round(self, server_round: int, weights: WeightsLike) -> tuple[Weights, RoundRecord]:
+        """Run round `server_round` alone, from `weights`: a relay does this for each task.
+
+        The round is the same as in `run` (sampling, client seeds and config all
+        derive from the run seed and `server_round`), with a fresh strategy state.
+
+        Returns:
+            The new global weights and the round's record.
+
+        Raises:
+            NotEnoughResults: fewer than ``min_fit`` usable results arrived.
+        """
+        state = self._strategy.init(_as_weights(weights))
+        state, record = self._round(server_round, state)
+        return state.weights, record
+
+    def evaluate_round(self, server_round: int, weights: WeightsLike) -> dict[str, Scalar]:
+        """Federated evaluation of `weights` alone, as after round `server_round`.
+
+        Returns:
+            The example-weighted metrics, keyed ``"evaluate.<name>"`` (empty if no
+            client was sampled or none answered).
+        """
+        state = self._strategy.init(_as_weights(weights))
+        return self._evaluate(server_round, state, self._channel.clients())
 
     def _record(self, history: History, record: RoundRecord, weights: Weights) -> str:
         """Append `record`, tell the callbacks, and return why the run stops ("" to go on).
@@ -183,10 +250,12 @@ class Orchestrator:
                 cid: replace(ins, config=self._seeded(ins.config, cid, (server_round,)))
                 for cid, ins in tasks.items()
             }
+            self._dispatched = time.perf_counter()
             replies = self._channel.run(tasks, timeout_s=self._fit_timeout_s)
             results = self._checked_fits(server_round, state.weights, replies, failures)
             awaited = f"sampled {len(tasks)} clients"
         else:
+            self._dispatched = time.perf_counter()
             results = self._buffer.results(server_round, state, failures)
             awaited = f"awaited {self._strategy.schedule.buffer_size} results"  # type: ignore[union-attr]
         num_results = 0
@@ -195,8 +264,20 @@ class Orchestrator:
             nonlocal num_results
             for result in source:
                 num_results += 1
+                self._tell(
+                    ClientOutcome(
+                        server_round=server_round,
+                        client_id=result.client_id,
+                        kind="fit",
+                        metrics=dict(result.metrics),
+                        num_examples=result.num_examples,
+                        duration_s=time.perf_counter() - self._dispatched,
+                        staleness=None if self._buffer is None else result.staleness,
+                    )
+                )
                 yield result
                 del result
+            fault_point("aggregation", server_round)
 
         try:
             state, fit_metrics = self._strategy.aggregate_fit(
@@ -239,7 +320,9 @@ class Orchestrator:
         failures: dict[ClientId, str],
     ) -> Iterator[FitResult]:
         """Yield each usable fit result as it arrives; record the rest as failures."""
-        for client_id, reply in replies:
+        for index, (client_id, reply) in enumerate(replies):
+            if index == 0:
+                fault_point("collection", server_round)
             result = self._check_fit(server_round, global_weights, client_id, reply, failures)
             del reply
             if result is not None:
@@ -280,6 +363,16 @@ class Orchestrator:
         except (_TaskFailed, FedloomError) as exc:
             failures[client_id] = str(exc)
             logger.warning("round %d: client '%s' failed: %s", server_round, client_id, exc)
+            self._tell(
+                ClientOutcome(
+                    server_round=server_round,
+                    client_id=client_id,
+                    kind="fit",
+                    metrics={},
+                    duration_s=time.perf_counter() - self._dispatched,
+                    failure=str(exc),
+                )
+            )
             return None
         return FitResult(client_id, weights, reply.num_examples, reply.metrics, tensors)
 
@@ -298,15 +391,40 @@ class Orchestrator:
             for cid, ins in tasks.items()
         }
         results: list[tuple[int, Metrics]] = []
+        sent = time.perf_counter()
         for client_id, reply in self._channel.run(tasks, timeout_s=self._fit_timeout_s):
             if isinstance(reply, EvaluateRes):
                 results.append((reply.num_examples, {**reply.metrics, "loss": reply.loss}))
+                self._tell(
+                    ClientOutcome(
+                        server_round=server_round,
+                        client_id=client_id,
+                        kind="evaluate",
+                        metrics={**reply.metrics, "loss": reply.loss},
+                        num_examples=reply.num_examples,
+                        duration_s=time.perf_counter() - sent,
+                    )
+                )
                 continue
             reason = reply.reason if isinstance(reply, Failure) else type(reply).__name__
+            self._tell(
+                ClientOutcome(
+                    server_round=server_round,
+                    client_id=client_id,
+                    kind="evaluate",
+                    metrics={},
+                    duration_s=time.perf_counter() - sent,
+                    failure=reason,
+                )
+            )
             logger.warning(
                 "round %d: client '%s' failed to evaluate: %s", server_round, client_id, reason
             )
         return {f"evaluate.{k}": v for k, v in weighted_average(results).items()}
+
+    def _tell(self, outcome: ClientOutcome) -> None:
+        for callback in self._callbacks:
+            callback.on_client_result(outcome)
 
     def _seeded(self, config: Config, client_id: ClientId, keys: tuple[int, ...]) -> Config:
         """`config` plus the client's seed for this task, derived from the run seed."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from fedloom.core import Partitioner, WeightsLike
 from fedloom.errors import ConfigError
 from fedloom.server import Callback, EvaluateFn, Orchestrator, RunResult
+from fedloom.store.recorder import Recording, run_recorded
 from fedloom.strategies import Strategy, fedavg
 from fedloom.transport.inprocess import ClientFn, InProcessChannel
 
@@ -26,6 +27,7 @@ def simulate(
     evaluate_fn: EvaluateFn | None = None,
     callbacks: Sequence[Callback] = (),
     run_dir: str | Path | None = None,
+    recording: Recording | None = None,
 ) -> RunResult:
     """Run a federation of `num_clients` virtual clients for `rounds` rounds.
 
@@ -42,7 +44,11 @@ def simulate(
         initial_weights: the starting global weights (default: client "0"'s).
         evaluate_fn: central evaluation ``fn(weights, server_round) -> metrics``.
         callbacks: hooks into the round loop (stop rules, keep-best, progress).
-        run_dir: write history.json and weights.safetensors there as the run goes.
+        run_dir: write history.json, weights.safetensors and TensorBoard event files there
+            as the run goes.
+        recording: record every round in a store (weights, strategy and client
+            plug-in state, results), or resume the recorded run: with the same seed
+            a resumed run ends bit-identical to an uninterrupted one.
 
     Returns:
         The history, the final weights and why the run stopped.
@@ -73,9 +79,14 @@ def simulate(
         _require_plugin_clients(client_fn, channel, strategy)
     all_callbacks = list(callbacks)
     if run_dir is not None:
+        from fedloom.observe.tensorboard import TensorBoardLogger
         from fedloom.store import RunFolder
 
-        all_callbacks.append(RunFolder(run_dir))
+        all_callbacks.extend([RunFolder(run_dir), TensorBoardLogger(run_dir)])
+    resume = None
+    if recording is not None:
+        recorder, resume = recording.begin(client_states=channel)
+        all_callbacks.insert(0, recorder)
     orchestrator = Orchestrator(
         channel,
         strategy,
@@ -84,7 +95,9 @@ def simulate(
         evaluate_fn=evaluate_fn,
         callbacks=all_callbacks,
     )
-    return orchestrator.run(initial_weights)
+    if recording is None:
+        return orchestrator.run(initial_weights)
+    return run_recorded(recorder, lambda: orchestrator.run(initial_weights, resume=resume))
 
 
 def _require_plugin_clients(

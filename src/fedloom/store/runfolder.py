@@ -7,7 +7,7 @@ same folder, fsync, rename), so a killed run never leaves a half-written file.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,9 @@ class RunFolder(Callback):
         self._history.append(record)
         self._write_json(HISTORY_FILE, self._history.to_dict())
         return False
+
+    def on_resume(self, history: History, weights_of: Callable[[int], Weights]) -> None:
+        self._history = History(list(history))
 
     def on_run_end(self, result: RunResult) -> None:
         history = result.history.to_dict()

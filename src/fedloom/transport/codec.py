@@ -18,7 +18,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -34,9 +34,12 @@ __all__ = [
     "decode_metadata",
     "decode_weights",
     "encode_weights",
+    "fsync_directory",
     "load_weights",
     "save_weights",
+    "weights_blob_parts",
     "write_atomic",
+    "write_atomic_parts",
 ]
 
 SCHEMA_VERSION = "1"
@@ -250,6 +253,20 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     allows. On failure the temporary file is removed and `path` is untouched.
     A new file gets mode 0644; an existing file keeps its mode.
     """
+    write_atomic_parts(path, (data,))
+
+
+def write_atomic_parts(
+    path: str | os.PathLike[str],
+    parts: Iterable[bytes | memoryview],
+    *,
+    sync_directory: bool = True,
+) -> None:
+    """`write_atomic` for data given in parts (e.g. `weights_blob_parts`), without joining them.
+
+    With ``sync_directory=False`` the rename is not yet durable: the caller writes
+    several files and then calls `fsync_directory` once for all of them.
+    """
     target = os.path.abspath(os.fspath(path))
     directory, name = os.path.split(target)
     try:
@@ -259,7 +276,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     try:
         with open(descriptor, "wb") as handle:
-            handle.write(data)
+            for part in parts:
+                handle.write(part)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)
@@ -268,7 +286,13 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    _fsync_directory(directory)
+    if sync_directory:
+        _fsync_directory(directory)
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make the renames into folder `path` durable (where the platform can sync a folder)."""
+    _fsync_directory(os.fspath(path))
 
 
 def save_weights(

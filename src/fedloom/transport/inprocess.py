@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from fedloom._faults import broadcast_point
 from fedloom.core import (
     ClientContext,
     ClientId,
@@ -26,6 +27,7 @@ from fedloom.core import (
 )
 from fedloom.core.dispatch import run_task
 from fedloom.core.protocols import Client
+from fedloom.errors import ConfigError
 
 __all__ = ["ClientFn", "InProcessChannel"]
 
@@ -49,6 +51,7 @@ class InProcessChannel:
         seed: the run seed, passed to every context.
         partitioner: how the data is split, passed to every context.
         latency: virtual seconds a client takes per task (default 1 for all).
+        client_ids: the clients' names instead of "0" ..; client i gets partition i.
     """
 
     def __init__(
@@ -59,9 +62,18 @@ class InProcessChannel:
         seed: int = 0,
         partitioner: Partitioner | None = None,
         latency: Callable[[ClientId], float] | None = None,
+        client_ids: Sequence[ClientId] | None = None,
     ) -> None:
         self._client_fn = client_fn
         self._ids = tuple(str(index) for index in range(num_clients))
+        if client_ids is not None:
+            if len(client_ids) != num_clients or len(set(client_ids)) != num_clients:
+                raise ConfigError(
+                    f"client_ids must name {num_clients} distinct clients (num_clients), got "
+                    f"{list(client_ids)}.",
+                    field="client_ids",
+                )
+            self._ids = tuple(client_ids)
         self._seed = seed
         self._partitioner = partitioner
         self._states: dict[ClientId, dict[str, Vector]] = {}
@@ -73,6 +85,18 @@ class InProcessChannel:
 
     def clients(self) -> Sequence[ClientId]:
         return self._ids
+
+    def client_states(self) -> dict[ClientId, dict[str, Vector]]:
+        """What each client's plug-ins keep between tasks (e.g. SCAFFOLD's control variate).
+
+        Virtual clients live in this process, so a checkpoint of a simulation
+        saves this and a resumed one gives it back with `restore_client_states`.
+        """
+        return {client_id: dict(state) for client_id, state in self._states.items()}
+
+    def restore_client_states(self, states: Mapping[ClientId, Mapping[str, Vector]]) -> None:
+        """Replace every client's kept state by `states` (from `client_states`)."""
+        self._states = {client_id: dict(state) for client_id, state in states.items()}
 
     def context(self, client_id: ClientId) -> ClientContext:
         """The context a client is built from."""
@@ -88,6 +112,7 @@ class InProcessChannel:
     def run(
         self, tasks: Mapping[ClientId, Task], *, timeout_s: float | None
     ) -> Iterator[tuple[ClientId, Reply]]:
+        broadcast_point(tasks)  # a test hook: no-op unless FEDLOOM_FAULT_AT is set
         for client_id, task in tasks.items():
             yield client_id, self._run_one(client_id, task)
 

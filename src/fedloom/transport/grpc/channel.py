@@ -14,6 +14,7 @@ import queue
 import time
 from collections.abc import Iterator, Mapping, Sequence
 
+from fedloom._faults import broadcast_point
 from fedloom.core import ClientId, FitIns, Reply, Task
 from fedloom.transport.grpc.fleet import Fleet, Replies
 
@@ -39,6 +40,7 @@ class GrpcChannel:
             # only a fit returns weights to check against the model it was sent
             expected = task.weights.spec if isinstance(task, FitIns) else None
             self._fleet.send(name, task, expected=expected, replies=replies)
+        broadcast_point(tasks)  # a test hook: no-op unless FEDLOOM_FAULT_AT is set
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         remaining = len(tasks)
         while remaining:

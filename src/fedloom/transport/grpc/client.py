@@ -16,13 +16,14 @@ import itertools
 import logging
 import random
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
 
-from fedloom.core import Client, ClientId, Scalar
+from fedloom.core import Client, ClientId, Failure, Scalar
 from fedloom.core.dispatch import ClientState, run_task
+from fedloom.core.hooks import CycleEvent, StopClient, fire
 from fedloom.errors import ConfigError, ConnectError
 from fedloom.proto import fleet_pb2, fleet_pb2_grpc
 from fedloom.transport.grpc.security import TlsConfig, bearer_metadata, channel_credentials
@@ -82,6 +83,8 @@ class ClientRuntime:
         poll_s: how long one request for a task waits on the server.
         limits: payload limits checked before allocating.
         chunk_bytes: size of the data frames sent.
+        hooks: run at each step of the cycle (`fedloom.core.hooks`); one raising
+            `StopClient` ends the cycle after that step.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class ClientRuntime:
         poll_s: float = 5.0,
         limits: Limits | None = None,
         chunk_bytes: int = CHUNK_BYTES,
+        hooks: Sequence[object] = (),
     ) -> None:
         self.client = client
         self.address = address
@@ -112,6 +116,7 @@ class ClientRuntime:
         self._session: str | None = None
         self._heartbeat_s = 2.0
         self._lock = threading.Lock()
+        self._hooks = tuple(hooks)
         self.tasks_done = 0
 
     def run(self, stop: threading.Event | None = None) -> int:
@@ -126,6 +131,11 @@ class ClientRuntime:
         options = [
             ("grpc.max_receive_message_length", self._chunk_bytes + (1 << 20)),
             ("grpc.max_send_message_length", self._chunk_bytes + (1 << 20)),
+            # gRPC's own reconnect timer (default up to 120 s) follows the backoff too, so a
+            # restarted server is reached within max_s of coming back
+            ("grpc.initial_reconnect_backoff_ms", int(self._backoff.initial_s * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(self._backoff.initial_s * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(self._backoff.max_s * 1000)),
         ]
         if self._tls is None:
             channel = grpc.insecure_channel(self.address, options=options)
@@ -137,6 +147,7 @@ class ClientRuntime:
             target=self._beat, args=(stub, stop, finished, beating), daemon=True
         )
         heart.start()
+        ending = "stopped"
         try:
             while not stop.is_set():
                 try:
@@ -146,7 +157,12 @@ class ClientRuntime:
                         delays = self._backoff.delays(rng)
                     if not self._serve_one(stub):
                         logger.info("the server ended the run")
+                        ending = "the server ended the run"
                         break
+                except StopClient as exc:
+                    logger.info("a hook ended the client's cycle: %s", exc)
+                    ending = f"a hook ended the cycle: {exc}"
+                    break
                 except grpc.RpcError as err:
                     code = err.code()
                     if code in _FATAL:
@@ -179,7 +195,29 @@ class ClientRuntime:
             heart.join(timeout=5.0)
             self._leave(stub)
             channel.close()
+            with contextlib.suppress(StopClient):
+                self._fire("at_end", reason=ending)
         return self.tasks_done
+
+    def _fire(
+        self,
+        step: str,
+        *,
+        task: str | None = None,
+        server_round: object = None,
+        reason: str | None = None,
+    ) -> None:
+        if not self._hooks:
+            return
+        event = CycleEvent(
+            step=step,
+            client=self.name,
+            task=task,
+            server_round=server_round if isinstance(server_round, int) else None,
+            tasks_done=self.tasks_done,
+            reason=reason,
+        )
+        fire(self._hooks, event)
 
     def _call_metadata(self) -> tuple[tuple[str, str], ...]:
         return bearer_metadata(self._token) if self._token else ()
@@ -206,8 +244,15 @@ class ClientRuntime:
             return False
         if header.kind == NO_TASK:
             return True
+        kind = str(header.kind)
+        self._fire("before_download", task=kind, server_round=_round_of(header))
         task_id, task = decode_task(stream, limits=self._limits)
+        server_round = task.config.get("server_round")
+        self._fire("after_download", task=kind, server_round=server_round)
         reply, self._state = run_task(self.client, task, self._state, client_id=self.name)
+        if isinstance(reply, Failure):
+            self._fire("on_failure", task=kind, server_round=server_round, reason=reply.reason)
+        self._fire("before_upload", task=kind, server_round=server_round)
         ack = stub.Push(
             encode_result(task_id, reply, session=self._session, chunk_bytes=self._chunk_bytes),
             metadata=self._call_metadata(),
@@ -216,6 +261,7 @@ class ClientRuntime:
         self.tasks_done += 1
         if not ack.accepted:
             logger.warning("the server did not take the result: %s", ack.reason)
+        self._fire("after_upload", task=kind, server_round=server_round)
         return True
 
     def _beat(
@@ -253,3 +299,9 @@ class ClientRuntime:
                 timeout=2.0,
             )
         self._session = None
+
+
+def _round_of(header: fleet_pb2.Header) -> int | None:
+    """The task's round, read from its header before the payload is downloaded."""
+    scalar = header.config.get("server_round")
+    return int(scalar.i) if scalar is not None and scalar.WhichOneof("value") == "i" else None

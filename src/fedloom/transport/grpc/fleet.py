@@ -82,6 +82,21 @@ class Fleet:
         self._uploads = threading.Semaphore(1)
         self.run_id = uuid.uuid4().hex[:12]
         self.stopping = False
+        self._received_bytes = 0
+        self._received_lock = threading.Lock()
+
+    # --- traffic ----------------------------------------------------------------------
+
+    def count_received(self, num_bytes: int) -> None:
+        """Add `num_bytes` (a request message the service received) to `received_bytes`."""
+        with self._received_lock:
+            self._received_bytes += num_bytes
+
+    @property
+    def received_bytes(self) -> int:
+        """Bytes of every request message received from clients (serialized protobuf)."""
+        with self._received_lock:
+            return self._received_bytes
 
     # --- sessions ---------------------------------------------------------------------
 

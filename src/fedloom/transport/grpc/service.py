@@ -21,6 +21,7 @@ import grpc
 from fedloom.core import Failure
 from fedloom.errors import ConfigError, FedloomError
 from fedloom.proto import fleet_pb2, fleet_pb2_grpc
+from fedloom.transport.grpc.distribution import PackageOffer, encode_package
 from fedloom.transport.grpc.fleet import Fleet
 from fedloom.transport.grpc.security import (
     AuthInterceptor,
@@ -64,15 +65,18 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         tokens: Tokens | None,
         limits: Limits,
         chunk_bytes: int = CHUNK_BYTES,
+        package: PackageOffer | None = None,
     ) -> None:
         self._fleet = fleet
         self._tokens = tokens
         self._limits = limits
         self._chunk_bytes = chunk_bytes
+        self._package = package
 
     def Join(  # noqa: N802 - the RPC's name
         self, request: fleet_pb2.JoinRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.JoinReply:
+        self._fleet.count_received(request.ByteSize())
         if self._tokens is not None:
             owner = caller_identity(context, self._tokens)
             if owner not in ("*", request.name):
@@ -105,16 +109,19 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     def Beat(  # noqa: N802
         self, request: fleet_pb2.BeatRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.BeatReply:
+        self._fleet.count_received(request.ByteSize())
         return fleet_pb2.BeatReply(known=self._fleet.touch(request.session) is not None)
 
     def Leave(  # noqa: N802
         self, request: fleet_pb2.BeatRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.BeatReply:
+        self._fleet.count_received(request.ByteSize())
         return fleet_pb2.BeatReply(known=self._fleet.leave(request.session))
 
     def Pull(  # noqa: N802
         self, request: fleet_pb2.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[fleet_pb2.Frame]:
+        self._fleet.count_received(request.ByteSize())
         session = self._fleet.touch(request.session)
         if session is None:
             _abort(
@@ -139,6 +146,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     def Push(  # noqa: N802
         self, request_iterator: Iterator[fleet_pb2.Frame], context: grpc.ServicerContext
     ) -> fleet_pb2.PushReply:
+        request_iterator = _counted(request_iterator, self._fleet)
         try:
             header, frames = peek_header(request_iterator)
         except FedloomError as exc:
@@ -173,9 +181,29 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             return self._refuse(context, "the round stopped waiting for this result")
         return fleet_pb2.PushReply(accepted=True)
 
+    def FetchPackage(  # noqa: N802
+        self, request: fleet_pb2.PackageRequest, context: grpc.ServicerContext
+    ) -> Iterator[fleet_pb2.Frame]:
+        if self._package is None:
+            _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                "this server hands out no compute package; start the client with its own "
+                "code (a config or --app), or the server with --package FILE.",
+            )
+        logger.info("sending package %s to '%s'", self._package.sha256[:12], request.name)
+        yield from encode_package(self._package, chunk_bytes=self._chunk_bytes)
+
     def _refuse(self, context: grpc.ServicerContext, reason: str) -> fleet_pb2.PushReply:
         logger.warning("refused a result from %s: %s", context.peer(), reason)
         return fleet_pb2.PushReply(accepted=False, reason=reason)
+
+
+def _counted(frames: Iterator[fleet_pb2.Frame], fleet: Fleet) -> Iterator[fleet_pb2.Frame]:
+    """`frames`, each one's size added to the fleet's received bytes as it arrives."""
+    for frame in frames:
+        fleet.count_received(frame.ByteSize())
+        yield frame
 
 
 def _touching(
@@ -229,6 +257,7 @@ def start_server(
     limits: Limits | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     max_workers: int = 64,
+    package: PackageOffer | None = None,
 ) -> RunningServer:
     """Serve `fleet` on `address` (port 0 picks a free one).
 
@@ -240,6 +269,7 @@ def start_server(
         limits: payload limits checked before allocating.
         chunk_bytes: size of the data frames sent.
         max_workers: threads serving calls (each waiting client holds one).
+        package: the compute package handed to clients that ask for it.
     """
     _release_large_buffers_to_the_os()
     interceptors: list[grpc.ServerInterceptor] = []
@@ -254,7 +284,13 @@ def start_server(
             ("grpc.max_send_message_length", message_bytes),
         ],
     )
-    service = FleetService(fleet, tokens=tokens, limits=limits or Limits(), chunk_bytes=chunk_bytes)
+    service = FleetService(
+        fleet,
+        tokens=tokens,
+        limits=limits or Limits(),
+        chunk_bytes=chunk_bytes,
+        package=package,
+    )
     fleet_pb2_grpc.add_FleetServicer_to_server(service, server)
     if tls is None:
         port = server.add_insecure_port(address)
