@@ -303,3 +303,8 @@ def test_sklearn_dataset_loads_each_bundled_set(
 def test_sklearn_dataset_suggests_a_known_name() -> None:
     with pytest.raises(ConfigError, match="Did you mean 'iris'"):
         sklearn_dataset("irs")
+
+
+def test_shakespeare_names_plays_it_does_not_have() -> None:
+    with pytest.raises(ConfigError, match="name plays by their file stems"):
+        shakespeare(plays=("hamlett",))

@@ -158,7 +158,10 @@ def shakespeare(
             speeches.setdefault(f"{play}:{speaker}", []).append(speech)
     if found == 0:
         raise ConfigError(
-            f"none of the plays {plays} is among the texts in {folder}.", field="plays"
+            f"none of the plays {plays} is among the texts in {folder}; name plays by their "
+            "file stems, e.g. 'hamlet', 'lear', 'romeo_and_juliet'.",
+            field="plays",
+            value=plays,
         )
     encoded = {role: encode_text(" ".join(parts)) for role, parts in speeches.items()}
     counts = {role: tokens.size - seq_len for role, tokens in encoded.items()}

