@@ -263,7 +263,10 @@ def connect_package(
         data: what the commands' ``{data}`` placeholder stands for.
         limits: package sizes accepted.
         train_timeout_s: the most a ``train`` run may take; validate_timeout_s likewise.
-        metadata, backoff, stop, hooks: as for `connect`.
+        metadata: as for `connect`.
+        backoff: as for `connect`.
+        stop: as for `connect`.
+        hooks: as for `connect`.
 
     Returns:
         How many tasks the client ran.

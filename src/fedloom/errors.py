@@ -4,6 +4,7 @@
 
     FedloomError
     ├── ConfigError (ValueError)      a parameter, TOML key or combination is invalid
+    │   └── DatasetNotFound           a dataset's files are not where the loader looked
     ├── ProtocolError                 a peer broke the message contract
     │   ├── DecodeError               bytes that do not parse as the expected message
     │   ├── ReplayedMessage           a message bound to another run, round or client
@@ -44,6 +45,7 @@ __all__ = [
     "ConnectError",
     "CorruptState",
     "DeadlineExceeded",
+    "DatasetNotFound",
     "DecodeError",
     "EntryPointError",
     "FedloomError",
@@ -87,6 +89,18 @@ class ConfigError(FedloomError, ValueError):
         super().__init__(message)
         self.field = field
         self.value = value
+
+
+class DatasetNotFound(ConfigError):
+    """A dataset loader found no files where it looked; the text says how to get them.
+
+    Attributes:
+        path: where the loader looked (a path, or several joined by commas), when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, field="root", value=path)
+        self.path = path
 
 
 class ProtocolError(FedloomError):
