@@ -153,7 +153,10 @@ class LowRankSGD:
             shared = (flat_inputs.view(clients * samples, features) @ start[first].T).view(
                 clients, samples, width
             )
-            gram = torch.bmm(flat_inputs, flat_inputs.transpose(1, 2))
+            # only the block below the first step's diagonal block is needed: sample i of
+            # step t against every sample of the steps before (row i - batch, column j < i)
+            later, earlier = flat_inputs[:, batch:], flat_inputs[:, : samples - batch]
+            gram = torch.bmm(later, earlier.transpose(1, 2))
         losses = torch.zeros(clients, steps, dtype=mask.dtype, device=mask.device)
         for step in range(steps):
             done = slice(0, step * batch)
@@ -174,7 +177,8 @@ class LowRankSGD:
                     assert gram is not None
                     z = shared[:, now] if bias is None else shared[:, now] + bias.unsqueeze(1)
                     if step:
-                        z = z - self.lr * torch.bmm(gram[:, now, done], history_out[name][:, done])
+                        rows = slice(now.start - batch, now.stop - batch)
+                        z = z - self.lr * torch.bmm(gram[:, rows, done], history_out[name][:, done])
                     if bias is None and not step:  # a tensor of its own, not a view
                         z = z.clone()
                 else:
