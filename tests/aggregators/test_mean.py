@@ -206,15 +206,17 @@ def test_mean_family_fold_counts_updates() -> None:
 
 @pytest.mark.parametrize("aggregator", MEAN_FAMILY, ids=repr)
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("size", [100_003, 2**20 + 1699])
 def test_mean_family_fold_matches_numpy_on_a_long_vector(
-    aggregator: Aggregator, dtype: type[np.floating]
+    aggregator: Aggregator, dtype: type[np.floating], size: int
 ) -> None:
-    """100_003 = 3 * 2**15 + 1699 values: several whole chunks and a ragged last one.
+    """3 * 2**15 + 1699 values: several whole chunks and a ragged last one; or 2**20 + 1699.
 
-    float16 has no BLAS axpy, so it takes the chunked NumPy loop; float32/64 take BLAS.
+    Below 2**20 values the fold takes the chunked NumPy loop; from there float32/64
+    take BLAS (float16 has no BLAS axpy: the NumPy loop again).
     """
     rng = np.random.default_rng(20240521)
-    stack = rng.uniform(-1.0, 1.0, size=(3, 100_003)).astype(dtype)
+    stack = rng.uniform(-1.0, 1.0, size=(3, size)).astype(dtype)
     weights = np.array([1.0, 2.0, 3.0])
     expected = np.average(
         stack.astype(np.float64),
@@ -225,7 +227,7 @@ def test_mean_family_fold_matches_numpy_on_a_long_vector(
     result = _combine(aggregator, stack, weights, "fold")
 
     assert result.dtype == dtype
-    assert result.shape == (100_003,)
+    assert result.shape == (size,)
     _assert_close(result, expected.astype(dtype), magnitude=1.0, num_updates=3)
 
 

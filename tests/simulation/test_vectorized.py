@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import re
 import sys
@@ -148,6 +149,37 @@ def test_vectorized_fit_plain_sgd_through_flatten_and_bias_free_layers() -> None
         cid: (client, FitIns(weights=shared, config=ins.config))
         for cid, (client, ins) in jobs.items()
     }
+
+    batched = VectorizedFit().fit(jobs)
+
+    _assert_same(batched, expected)
+
+
+def _activation_first() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Tanh(), nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("model", [_mlp, _activation_first])
+def test_vectorized_fit_plain_sgd_on_row_ranges_of_one_dataset(
+    model: Callable[[], nn.Module],
+) -> None:
+    """Clients holding views of one dataset (taken with one gather), uneven, one step apart.
+
+    With an activation before the first linear layer, that layer sees the activated
+    data, not the data: the low-rank form must remember what the layer saw.
+    """
+    optimizer = OPTIMIZERS["sgd"]
+    inputs, targets = _data(sum(SIZES), seed=7)
+    bounds = np.cumsum((0, *SIZES))
+    start = _client((inputs, targets), optimizer, model=model).get_weights()
+    jobs: dict[ClientId, tuple[TorchClient, FitIns]] = {}
+    expected: dict[ClientId, FitRes] = {}
+    for k, (low, high) in enumerate(itertools.pairwise(bounds.tolist())):
+        data = (inputs[low:high], targets[low:high])
+        ins = FitIns(weights=start, config={"seed": 20 + k})
+        jobs[str(k)] = (_client(data, optimizer, model=model), ins)
+        expected[str(k)] = _client(data, optimizer, model=model).fit(start, ins.config)
 
     batched = VectorizedFit().fit(jobs)
 

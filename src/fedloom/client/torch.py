@@ -95,13 +95,11 @@ class TorchClient:
         self.optimizer = optimizer
         self.local_epochs = local_epochs
         self.batch_size = batch_size
-        self._names = [
-            name for name, value in model.state_dict().items() if torch.is_floating_point(value)
-        ]
 
     def get_weights(self) -> Weights:
         state = self.model.state_dict()
-        return Weights({name: state[name].detach().cpu().numpy() for name in self._names})
+        names = [name for name, value in state.items() if torch.is_floating_point(value)]
+        return Weights({name: state[name].detach().cpu().numpy() for name in names})
 
     def set_weights(self, weights: Weights) -> None:
         """Load `weights` into the model in place."""
@@ -459,8 +457,11 @@ def _describe_optimizer(optimizer: torch.optim.Optimizer) -> OptimizerChoice:
 
 def _placed(model: nn.Module, device: torch.device) -> bool:
     """True when every tensor of `model` is on `device` already (``model.to`` would do nothing)."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return all(tensor.device == device for tensor in tensors)
+    for module in model.modules():  # one walk over the modules, not one per kind of tensor
+        for tensor in (*module._parameters.values(), *module._buffers.values()):
+            if tensor is not None and tensor.device != device:
+                return False
+    return True
 
 
 def _on_device(data: Batches, device: torch.device) -> Batches:

@@ -129,35 +129,68 @@ class LowRankSGD:
             bias = self.views.get(f"{name}.bias")
             if bias is not None:
                 bias.copy_(self.start[f"{name}.bias"].expand_as(bias))
+        first = linear[0][0]
+        leading = 0  # layers before the first linear one
+        while self.layers[leading][0] != first:
+            leading += 1
+        # the first linear layer sees the data itself when at most a Flatten comes before it:
+        # then its shared product for every step is one matrix product, and the inputs'
+        # overlaps one batched Gram matrix, both computed before the first step
+        direct = flat_inputs.shape[-1] == sizes[first][0] and all(
+            type(layer) is nn.Flatten for _, layer in self.layers[:leading]
+        )
         history_in: dict[str, torch.Tensor] = {}
         history_out: dict[str, torch.Tensor] = {}
-        first = linear[0][0]
         for name, layer in linear:
             history_out[name] = flat_inputs.new_zeros(clients, samples, layer.out_features)
-            if name == first and flat_inputs.shape[-1] == layer.in_features:
+            if direct and name == first:
                 history_in[name] = flat_inputs  # the data itself: nothing to copy
             else:
                 history_in[name] = flat_inputs.new_empty(clients, samples, layer.in_features)
+        shared = gram = None
+        if direct:
+            features, width = sizes[first]
+            shared = (flat_inputs.view(clients * samples, features) @ start[first].T).view(
+                clients, samples, width
+            )
+            # only the block below the first step's diagonal block is needed: sample i of
+            # step t against every sample of the steps before (row i - batch, column j < i)
+            later, earlier = flat_inputs[:, batch:], flat_inputs[:, : samples - batch]
+            gram = torch.bmm(later, earlier.transpose(1, 2))
         losses = torch.zeros(clients, steps, dtype=mask.dtype, device=mask.device)
         for step in range(steps):
             done = slice(0, step * batch)
             now = slice(step * batch, (step + 1) * batch)
-            x = inputs[:, step].reshape(clients * batch, *inputs.shape[3:])
+            x = inputs[:, step]
+            if not direct:
+                x = x.reshape(clients * batch, *inputs.shape[3:])
             outputs: list[torch.Tensor] = []
-            for name, module in self.layers:
+            for index, (name, module) in enumerate(self.layers):
                 if name not in sizes:
-                    x = module(x)
+                    if not (direct and index < leading):
+                        x = module(x)
                     continue
                 features, width = sizes[name]
-                seen = x.reshape(clients, batch, features)
-                if history_in[name] is not flat_inputs:
-                    history_in[name][:, now] = seen.detach()
-                z = (x @ start[name].T).view(clients, batch, width)
-                if f"{name}.bias" in self.views:
-                    z = z + self.views[f"{name}.bias"].unsqueeze(1)
-                if step:
-                    overlap = torch.bmm(seen, history_in[name][:, done].transpose(1, 2))
-                    z = z - self.lr * torch.bmm(overlap, history_out[name][:, done])
+                bias = self.views.get(f"{name}.bias")
+                if direct and name == first:
+                    assert shared is not None
+                    assert gram is not None
+                    z = shared[:, now] if bias is None else shared[:, now] + bias.unsqueeze(1)
+                    if step:
+                        rows = slice(now.start - batch, now.stop - batch)
+                        z = z - self.lr * torch.bmm(gram[:, rows, done], history_out[name][:, done])
+                    if bias is None and not step:  # a tensor of its own, not a view
+                        z = z.clone()
+                else:
+                    seen = x.reshape(clients, batch, features)
+                    if history_in[name] is not flat_inputs:
+                        history_in[name][:, now] = seen.detach()
+                    z = (x @ start[name].T).view(clients, batch, width)
+                    if bias is not None:
+                        z = z + bias.unsqueeze(1)
+                    if step:
+                        overlap = torch.bmm(seen, history_in[name][:, done].transpose(1, 2))
+                        z = z - self.lr * torch.bmm(overlap, history_out[name][:, done])
                 if not z.requires_grad:
                     z.requires_grad_()
                 outputs.append(z)

@@ -393,11 +393,15 @@ def _stack_data(
     """
     size = max(schedule.index.shape[1] for schedule in schedules)
     clients = len(schedules)
-    counts = torch.zeros(clients, steps, dtype=torch.int64)
-    index = torch.zeros(clients, steps, size, dtype=torch.int64)
-    for row, schedule in enumerate(schedules):
-        counts[row, : schedule.steps] = schedule.counts
-        index[row, : schedule.steps, : schedule.index.shape[1]] = schedule.index
+    if all(s.steps == steps and s.index.shape[1] == size for s in schedules):
+        counts = torch.stack([schedule.counts for schedule in schedules])
+        index = torch.stack([schedule.index for schedule in schedules])
+    else:
+        counts = torch.zeros(clients, steps, dtype=torch.int64)
+        index = torch.zeros(clients, steps, size, dtype=torch.int64)
+        for row, schedule in enumerate(schedules):
+            counts[row, : schedule.steps] = schedule.counts
+            index[row, : schedule.steps, : schedule.index.shape[1]] = schedule.index
     index = index.view(clients, steps * size)
     sample = schedules[0]
     inputs = memory.scratch(
@@ -406,7 +410,10 @@ def _stack_data(
     targets = memory.scratch(
         "targets", (clients, steps * size, *sample.targets.shape[1:]), sample.targets.dtype
     )
-    for row, schedule in enumerate(schedules):
+    gathered = _gather_rows([s.inputs for s in schedules], index, inputs) and _gather_rows(
+        [s.targets for s in schedules], index, targets
+    )
+    for row, schedule in enumerate([] if gathered else schedules):
         if schedule.inputs.device.type == "cpu":  # gathered straight into place
             torch.index_select(schedule.inputs, 0, index[row], out=inputs[row])
             torch.index_select(schedule.targets, 0, index[row], out=targets[row])
@@ -427,6 +434,34 @@ def _stack_data(
         mask.to(device),
         active,
     )
+
+
+def _gather_rows(tensors: Sequence[torch.Tensor], index: torch.Tensor, out: torch.Tensor) -> bool:
+    """``out[k] = tensors[k][index[k]]`` in one call when every tensor is rows of one tensor.
+
+    Clients' data are often row ranges of one dataset (a partition's views);
+    their rows are then taken from it at once instead of client by client.
+    Returns False (and writes nothing) when the tensors are not such views.
+    """
+    first = tensors[0]
+    base = first if first._base is None else first._base
+    if base.device.type != "cpu" or base.dim() == 0 or base.dtype != out.dtype:
+        return False
+    row = math.prod(base.shape[1:])
+    if not base.is_contiguous() or row == 0:
+        return False
+    starts: list[int] = []
+    for tensor in tensors:
+        owner = tensor if tensor._base is None else tensor._base
+        if owner is not base or tensor.shape[1:] != base.shape[1:] or not tensor.is_contiguous():
+            return False
+        offset = tensor.storage_offset() - base.storage_offset()
+        if offset % row:
+            return False
+        starts.append(offset // row)
+    rows = index + torch.tensor(starts, dtype=index.dtype).unsqueeze(1)
+    torch.index_select(base, 0, rows.view(-1), out=out.view(-1, *base.shape[1:]))
+    return True
 
 
 class _Memory:
