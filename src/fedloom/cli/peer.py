@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, role="client")
         topology, addresses = _gossip_topology(config, args.name)
         app = config.build_client()
-        tls, tokens = server_command._security(args)
+        tls, tokens = server_command.listening_security(args)
         peer_tls = _peer_tls(args, tls)
         peer_token = _peer_token(args, tokens)
     except ConfigError as exc:

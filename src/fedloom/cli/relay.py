@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         if fit_timeout_s is None:  # the upstream deadline: past it the round is lost anyway
             server = config.server if config is not None else None
             fit_timeout_s = (server or ServerConfig()).fit_timeout_s
-        tls, tokens = server_command._security(args)
+        tls, tokens = server_command.listening_security(args)
         upstream_tls = _upstream_tls(args)
         upstream_token = _upstream_token(args)
     except ConfigError as exc:

@@ -48,7 +48,7 @@ from fedloom.store import RunFolder
 if TYPE_CHECKING:
     from fedloom.transport.grpc.security import TlsConfig, Tokens
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "listening_security", "run"]
 
 
 def add_parser(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = _with_flags(load_config(args.config, role="server"), args)
         federation = config.build_server()
-        tls, tokens = _security(args)
+        tls, tokens = listening_security(args)
         if args.dashboard is not None:
             check_for_server(
                 args.dashboard, server_address=federation.server.address, tokens=tokens
@@ -246,8 +246,11 @@ def _with_flags(config: SimulationConfig, args: argparse.Namespace) -> Simulatio
     return dataclasses.replace(config, run=run, server=server)
 
 
-def _security(args: argparse.Namespace) -> tuple[TlsConfig | None, Tokens | None]:
-    """The server's `TlsConfig` and `Tokens` from the options (None where --insecure allows).
+def listening_security(args: argparse.Namespace) -> tuple[TlsConfig | None, Tokens | None]:
+    """The `TlsConfig` and `Tokens` of a listening command (server, relay, peer) from its options.
+
+    None where --insecure allows. The relay and peer commands share it so that their
+    downstream security is checked exactly as the server's is.
 
     Raises:
         ConfigError: security options are missing, conflict, or name unreadable files.
