@@ -22,6 +22,7 @@ __all__ = [
     "open_recording",
     "resumed_folder",
     "run_folder",
+    "start_recording",
     "summarize",
 ]
 
@@ -100,6 +101,33 @@ def open_recording(
     return Recording(
         store=store, run_id=run_id, folder=folder, config=dict(config), seed=seed, resume=resume
     )
+
+
+def start_recording(
+    config: SimulationConfig, args: argparse.Namespace, record: Mapping[str, Any], seed: int
+) -> tuple[Path, Recording]:
+    """The run folder and the opened recording of ``simulate`` or ``server``.
+
+    With ``--resume RUN`` the folder is the recorded run's, and a line says
+    where it continues; otherwise a new run folder is named.
+
+    Raises:
+        StoreUnreachable: the database cannot be reached (nothing has started).
+        ConfigError: resuming a run the store does not have, or starting one it has.
+    """
+    resume = args.resume is not None
+    folder = (
+        resumed_folder(config, args.run_dir, args.resume)
+        if resume
+        else run_folder(config, args.run_dir)
+    )
+    recording = open_recording(
+        folder, store_url=args.store, config=record, seed=seed, resume=resume
+    )
+    if recording.resume:
+        done = recording.store.get_run(recording.run_id).rounds_done
+        print(f"resuming run '{recording.run_id}' after round {done}", flush=True)
+    return folder, recording
 
 
 def run_folder(config: SimulationConfig, run_dir: Path | None) -> Path:

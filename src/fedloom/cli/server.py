@@ -33,9 +33,7 @@ from fedloom.cli._options import (
 )
 from fedloom.cli._runs import (
     add_store_options,
-    open_recording,
-    resumed_folder,
-    run_folder,
+    start_recording,
     summarize,
 )
 from fedloom.cli.dashboard import check_for_server, dashboard_address, start_for_server
@@ -130,23 +128,9 @@ def run(args: argparse.Namespace) -> int:
     settings = federation.server
     record = _record(config, federation, tls=tls is not None, tokens=tokens)
     try:
-        folder = (
-            resumed_folder(config, args.run_dir, args.resume)
-            if args.resume is not None
-            else run_folder(config, args.run_dir)
-        )
-        recording = open_recording(
-            folder,
-            store_url=args.store,
-            config=record,
-            seed=federation.seed,
-            resume=args.resume is not None,
-        )
+        folder, recording = start_recording(config, args, record, federation.seed)
     except (ConfigError, StoreError) as exc:
         return fail(exc, status=2)
-    if recording.resume:
-        done = recording.store.get_run(recording.run_id).rounds_done
-        print(f"resuming run '{recording.run_id}' after round {done}", flush=True)
     board = None
     if args.dashboard is not None:
         try:

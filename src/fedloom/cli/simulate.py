@@ -25,9 +25,7 @@ from typing import Any
 from fedloom.cli._options import positive_int
 from fedloom.cli._runs import (
     add_store_options,
-    open_recording,
-    resumed_folder,
-    run_folder,
+    start_recording,
     summarize,
 )
 from fedloom.config import Federation, SimulationConfig, load_config
@@ -119,23 +117,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(exc, status=2)
     record = _record(config, federation)
     try:
-        folder = (
-            resumed_folder(config, args.run_dir, args.resume)
-            if args.resume is not None
-            else run_folder(config, args.run_dir)
-        )
-        recording = open_recording(
-            folder,
-            store_url=args.store,
-            config=record,
-            seed=federation.seed,
-            resume=args.resume is not None,
-        )
+        folder, recording = start_recording(config, args, record, federation.seed)
     except (ConfigError, StoreError) as exc:
         return _fail(exc, status=2)
-    if recording.resume:
-        done = recording.store.get_run(recording.run_id).rounds_done
-        print(f"resuming run '{recording.run_id}' after round {done}", flush=True)
     callbacks = [
         *federation.callbacks,
         RunFolder(folder, config=record),
