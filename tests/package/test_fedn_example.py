@@ -70,9 +70,13 @@ def test_fedn_tutorial_trains_in_a_federation(tmp_path):
             validate_timeout_s=300,
         )
 
-    result = simulate(client_fn, num_clients=clients, rounds=2, strategy=fedavg())
+    # The tutorial's seed model is drawn unseeded: after 2 rounds accuracy ranged
+    # 0.80-0.86 over repeated runs, after 3 rounds 0.86-0.87, so 3 rounds clear 0.8
+    # whatever the draw.
+    result = simulate(client_fn, num_clients=clients, rounds=3, strategy=fedavg())
     accuracy = result.history.series("evaluate.test_accuracy")
-    assert [server_round for server_round, _ in accuracy] == [1, 2]
+    assert [server_round for server_round, _ in accuracy] == [1, 2, 3]
     assert accuracy[-1][1] > 0.8
+    assert accuracy[-1][1] > accuracy[0][1]
     assert result.history[-1].failures == {}
     assert result.history.last("fit.epochs") == 3  # the metadata the entry point saved
