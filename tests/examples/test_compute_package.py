@@ -76,13 +76,16 @@ def processes() -> Any:
         process.wait(timeout=10)
 
 
-def start(processes: list[subprocess.Popen[str]], *args: str | Path) -> Output:
+def start(
+    processes: list[subprocess.Popen[str]], *args: str | Path, cwd: Path | None = None
+) -> Output:
     process = subprocess.Popen(
         [sys.executable, *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"},
     )
     processes.append(process)
@@ -94,9 +97,9 @@ def test_compute_package_trains_through_a_relay_and_shows_on_the_dashboard(
 ) -> None:
     work = tmp_path / "work"
     output = start(
-        processes, RUN, "--dir", work, "--clients", "2", "--rounds", str(ROUNDS),
-        "--train-size", "1000", "--dashboard-port", "0",
-    )  # fmt: skip
+        processes, RUN, "--dir", "work", "--clients", "2", "--rounds", str(ROUNDS),
+        "--train-size", "1000", "--dashboard-port", "0", cwd=tmp_path,
+    )  # fmt: skip  # a relative --dir: the clients' --data paths are relative too
     ca = work / "certs" / "ca.pem"
     dashboard = ""
     while_running: dict[str, Any] = {}
