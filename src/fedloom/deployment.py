@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from fedloom.package import PackageLimits
+    from fedloom.transport.grpc.distribution import PackageOffer
 
-__all__ = ["connect", "connect_package", "serve"]
+__all__ = ["connect", "connect_package", "fetch_package_offer", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -276,29 +277,22 @@ def connect_package(
         ConnectError: the server refused this client, or offers no package.
     """
     from fedloom.package import PackageClient, PackageLimits, check_package, unpack_package
-    from fedloom.transport.grpc.distribution import fetch_package
 
     limits = limits or PackageLimits()
     folder = Path(workdir)
     folder.mkdir(parents=True, exist_ok=True)
     stop = stop or threading.Event()
-    delays = (backoff or Backoff()).delays(random.Random())
-    while True:
-        try:
-            offer = fetch_package(
-                address, name=name, token=token, tls=tls, max_bytes=limits.max_archive_bytes
-            )
-            break
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.UNAVAILABLE:
-                raise ConnectError(
-                    f"the server at {address} did not hand client '{name}' a package: "
-                    f"{err.code().name}: {err.details()}"
-                ) from err
-            delay = next(delays)
-            logger.warning("cannot reach the server at %s; retrying in %.1f s", address, delay)
-            if stop.wait(delay):
-                return 0
+    offer = fetch_package_offer(
+        address,
+        name=name,
+        token=token,
+        tls=tls,
+        max_bytes=limits.max_archive_bytes,
+        backoff=backoff,
+        stop=stop,
+    )
+    if offer is None:
+        return 0
     archive = folder / f"{offer.sha256}.tar.gz"
     write_atomic(archive, offer.data)
     package = check_package(
@@ -327,3 +321,52 @@ def connect_package(
         stop=stop,
         hooks=hooks,
     )
+
+
+def fetch_package_offer(
+    address: str,
+    *,
+    name: str,
+    token: str | None,
+    tls: TlsConfig | None,
+    max_bytes: int,
+    backoff: Backoff | None = None,
+    stop: threading.Event | None = None,
+) -> PackageOffer | None:
+    """Fetch the compute package the server at `address` offers, retrying while it is down.
+
+    Only the stream's own digest is checked here; trusting the package (a pinned
+    digest, an allow-listed signature, its members) is `check_package`'s job.
+
+    Args:
+        address: the server's (or relay's) host:port.
+        name: the caller's name there (its token's owner).
+        token: the caller's token; tls: the CA to trust (and a client certificate).
+        max_bytes: the largest archive accepted.
+        backoff: how long to wait between attempts while the server cannot be reached.
+        stop: set it to give up waiting.
+
+    Returns:
+        The offer (bytes, sha256, file name, signature), or None when `stop` was set first.
+
+    Raises:
+        ConnectError: the server refused the caller, or offers no package.
+        DecodeError: the stream is damaged or larger than `max_bytes`.
+    """
+    from fedloom.transport.grpc.distribution import fetch_package
+
+    stop = stop or threading.Event()
+    delays = (backoff or Backoff()).delays(random.Random())
+    while True:
+        try:
+            return fetch_package(address, name=name, token=token, tls=tls, max_bytes=max_bytes)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE:
+                raise ConnectError(
+                    f"the server at {address} did not hand '{name}' a package: "
+                    f"{err.code().name}: {err.details()}"
+                ) from err
+            delay = next(delays)
+            logger.warning("cannot reach the server at %s; retrying in %.1f s", address, delay)
+            if stop.wait(delay):
+                return None

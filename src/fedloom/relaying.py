@@ -5,7 +5,10 @@ joins the upstream server as one client whose fit runs a round of its own
 federation (`fedloom.server.relay.Relay`) and sends back the mean of its
 clients' weights with their total number of examples. When the upstream
 server ends the run, the relay ends its own clients' run. Trees of any depth
-are relays whose upstream is another relay. Needs the ``grpc`` extra.
+are relays whose upstream is another relay. With ``forward_package`` the relay
+first fetches the upstream server's compute package and hands it, signature
+included, to its own clients (``fedloom client --package-dir``), who check it
+as they would check the server's. Needs the ``grpc`` extra.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from fedloom.deployment import fetch_package_offer
 from fedloom.errors import ConnectError
 from fedloom.server.relay import Relay
 from fedloom.strategies.samplers import Sampler
@@ -48,6 +52,7 @@ def relay(
     backoff: Backoff | None = None,
     on_ready: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    forward_package: bool = False,
 ) -> int:
     """Serve clients on `address` and relay their rounds to the server at `upstream`.
 
@@ -70,15 +75,36 @@ def relay(
         backoff: how long to wait between attempts to reach the upstream server.
         on_ready: called with the port once the relay listens.
         stop: set it to leave the upstream server and stop.
+        forward_package: before listening, fetch the upstream server's compute package
+            (retrying while upstream cannot be reached) and hand it to this relay's
+            clients unchanged; its clients make the trust checks.
 
     Returns:
         How many upstream tasks the relay ran.
 
     Raises:
-        ConnectError: fewer than `min_clients` joined in time, or upstream refused the relay.
+        ConnectError: fewer than `min_clients` joined in time, upstream refused the relay,
+            or upstream offers no package to forward.
+        DecodeError: the forwarded package's stream was damaged or too large.
     """
+    offer = None
+    if forward_package:
+        from fedloom.package import PackageLimits
+
+        offer = fetch_package_offer(
+            upstream,
+            name=name,
+            token=upstream_token,
+            tls=upstream_tls,
+            max_bytes=PackageLimits().max_archive_bytes,
+            backoff=backoff,
+            stop=stop,
+        )
+        if offer is None:  # stopped while upstream could not be reached
+            return 0
+        logger.info("relay '%s' forwards package %s", name, offer.sha256[:12])
     fleet = Fleet(max_clients=max_clients, heartbeat_s=heartbeat_s)
-    running = start_server(fleet, address=address, tls=tls, tokens=tokens)
+    running = start_server(fleet, address=address, tls=tls, tokens=tokens, package=offer)
     try:
         if on_ready is not None:
             on_ready(running.port)

@@ -83,7 +83,13 @@ def add_parser(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         help="run only packages signed by this key (repeat for several signers)",
     )
     package.add_argument("--package-sha256", metavar="HEX", help="the digest it must have")
-    package.add_argument("--data", default="", metavar="PATH", help="what {data} stands for")
+    package.add_argument(
+        "--data",
+        default="",
+        metavar="PATH",
+        help="what {data} stands for (an existing relative path is made absolute, since entry "
+        "points run in the unpacked package's folder)",
+    )
     package.add_argument(
         "--train-timeout", type=float, default=3600.0, metavar="S", help="default 3600"
     )
@@ -164,7 +170,7 @@ def _run_package(args: argparse.Namespace) -> int:
             tls=tls,
             trusted_keys=trusted,
             sha256=args.package_sha256,
-            data=args.data,
+            data=_data_argument(args.data),
             train_timeout_s=args.train_timeout,
             validate_timeout_s=args.validate_timeout,
         )
@@ -176,6 +182,18 @@ def _run_package(args: argparse.Namespace) -> int:
         return fail("interrupted", status=130)
     print(f"the server ended the run; client '{args.name}' ran {tasks} tasks", flush=True)
     return 0
+
+
+def _data_argument(data: str) -> str:
+    """``--data`` as entry points see it: an existing relative path, made absolute.
+
+    Entry points run in the unpacked package's folder, where a path relative to the
+    folder the client was started in would name nothing.
+    """
+    path = Path(data)
+    if data and not path.is_absolute() and path.exists():
+        return str(path.resolve())
+    return data
 
 
 def _client_app(args: argparse.Namespace) -> ClientApp:

@@ -14,6 +14,10 @@ Security is on by default on both sides: towards its clients it needs what
 or ``--secret-file``); towards upstream what ``fedloom client`` needs
 (``--upstream-ca`` and ``--upstream-token-file`` or ``--upstream-token``).
 ``--insecure`` is the explicit opt-out for both (plain text, tokens optional).
+
+``--forward-package`` fetches the upstream server's compute package before the
+relay listens and hands it to the relay's clients (``fedloom client
+--package-dir``), who check its digest and signature themselves.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from fedloom.cli._options import (
     warn_insecure,
 )
 from fedloom.config import ServerConfig, load_config
-from fedloom.errors import ConfigError, ConnectError
+from fedloom.errors import ConfigError, ConnectError, DecodeError
 
 if TYPE_CHECKING:
     from fedloom.transport.grpc.security import TlsConfig
@@ -98,6 +102,11 @@ def add_parser(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         "--upstream-token-file", type=Path, metavar="FILE", help="a file with it, or tokens.toml"
     )
     parser.add_argument("--insecure", action="store_true", help="plain text on both sides")
+    parser.add_argument(
+        "--forward-package",
+        action="store_true",
+        help="fetch the upstream server's compute package and hand it to this relay's clients",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -149,8 +158,9 @@ def run(args: argparse.Namespace) -> int:
             upstream_token=upstream_token,
             heartbeat_s=args.heartbeat_s,
             on_ready=ready,
+            forward_package=args.forward_package,
         )
-    except ConnectError as exc:
+    except (ConnectError, DecodeError) as exc:
         return fail(exc, status=1)
     except ConfigError as exc:
         return fail(exc, status=2)
