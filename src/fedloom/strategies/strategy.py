@@ -78,7 +78,9 @@ class Strategy:
             is clipped, the clipped updates are averaged uniformly (example counts are
             ignored) and Gaussian noise is added; None: no central DP.
         secure_aggregation: `fedloom.secagg.SecAggPlus`: the server learns only the sum
-            of the updates (needs a sum-decomposable aggregator, WeightedMean or Mean).
+            of the updates (needs a sum-decomposable aggregator, WeightedMean or Mean,
+            and plug-ins without a server half or, like `LocalDP`, reading only
+            privacy-accounting metrics, which clients then send in the clear).
     """
 
     sampler: Sampler = field(default_factory=All)
