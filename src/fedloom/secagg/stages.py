@@ -7,8 +7,8 @@ object; bytes in it are base64). A stage reply is a `FitRes` whose metrics hold
 (integers below ``2^52``, so exact). The masked-input request may list, in
 ``secagg.clear_metrics`` (comma-separated), privacy-accounting metrics
 (`fedloom.privacy.local.ACCOUNTING_METRICS`) the client sends in the clear in that
-reply's metrics; no other per-client metric leaves it. This module has no cryptography, so runtimes
-can recognise stage tasks without loading it.
+reply's metrics; no other per-client metric leaves it. This module has no
+cryptography, so runtimes can recognise stage tasks without loading it.
 """
 
 from __future__ import annotations
