@@ -6,16 +6,16 @@ stop answering), and returns the server with its result or the error it raised.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedloom.core import FitIns, FitRes, Reply, Weights
+from fedloom.core import FitIns, FitRes, Reply, Scalar, Weights
 from fedloom.secagg import SecAggPlus
 from fedloom.secagg.server import SecAggServer, SecureSum
 from fedloom.secagg.sessions import SecAggSessions
-from fedloom.secagg.stages import STAGES
+from fedloom.secagg.stages import CLEAR_METRICS, STAGES
 
 
 @dataclass
@@ -41,8 +41,14 @@ def run_round(
     weighted: bool = False,
     clip_norm: float | None = None,
     tamper: Callable[[str, str, dict[str, object]], dict[str, object]] | None = None,
+    clear_metrics: Sequence[str] = (),
+    metrics: Mapping[str, Mapping[str, Scalar]] | None = None,
 ) -> Outcome:
-    """One round; `drop[stage]` clients do not answer that stage (nor any later one)."""
+    """One round; `drop[stage]` clients do not answer that stage (nor any later one).
+
+    Client ``c`` trains to ``updates[c]`` with ``metrics[c]`` (default none); the
+    masked-input stage asks for `clear_metrics` in the clear, as `run_secure_round` does.
+    """
     drop = drop or {}
     ids = list(updates)
     dim = next(iter(updates.values())).size
@@ -54,6 +60,7 @@ def run_round(
         rng=np.random.default_rng(1),
         weighted=weighted,
         clip_norm=clip_norm,
+        clear_metrics=clear_metrics,
     )
     sessions = SecAggSessions()
     base = Weights({"w": np.zeros(dim)})
@@ -66,13 +73,16 @@ def run_round(
             for client, extra in server.requests().items():
                 if client in gone:
                     continue
+                if stage == "masked_input" and clear_metrics:
+                    extra = {**extra, CLEAR_METRICS: ",".join(clear_metrics)}
                 if tamper is not None:
                     extra = tamper(stage, client, dict(extra))
                 task = FitIns(weights=base, config={"seed": 7, **extra})
 
                 def fit(ins: FitIns, client: str = client) -> Reply:
                     examples = 1 if num_examples is None else num_examples[client]
-                    return FitRes({"w": ins.weights["w"] + updates[client]}, examples)
+                    own = {} if metrics is None else dict(metrics.get(client, {}))
+                    return FitRes({"w": ins.weights["w"] + updates[client]}, examples, own)
 
                 reply = sessions.handle(client, task, fit)
                 outcome.replies[stage][client] = reply

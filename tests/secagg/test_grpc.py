@@ -126,3 +126,66 @@ def test_secagg_over_grpc_recovers_a_timed_out_client_and_matches_simulation(
     assert 2 * TIMEOUT_S <= elapsed < 2 * TIMEOUT_S + 40.0
     assert np.array_equal(np.array(result["weights"]), _expected_by_simulation())
     assert not any(thread.is_alive() for thread in threads)
+
+
+def test_secagg_over_grpc_with_local_dp_reports_the_clients_epsilon(tmp_path: Path) -> None:
+    """Three DP-SGD clients over gRPC: their epsilons travel in the clear, updates masked."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("opacus")
+    from fedloom.client import TorchClient
+    from fedloom.privacy.local import DPSGDBudget
+
+    logging.getLogger("fedloom").setLevel(logging.ERROR)
+    out = tmp_path / "result.json"
+    server = subprocess.Popen(
+        [sys.executable, str(SERVER), "--out", str(out), "--clients", "3",
+         "--timeout", "60", "--local-dp", "4.0"],
+        stdout=subprocess.PIPE, stderr=(tmp_path / "server.log").open("w"), text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(
+            target=lambda: [lines.put(line.strip()) for line in server.stdout or ()], daemon=True
+        )
+        reader.start()
+        port = int(lines.get(timeout=60.0).removeprefix("PORT "))
+        for index in range(3):
+            rng = np.random.default_rng(index)
+            x = rng.normal(size=(64, 4)).astype(np.float32)
+            y = (x[:, 0] > 0).astype(np.int64)
+            client = TorchClient(
+                torch.nn.Linear(4, 2),
+                train=(torch.from_numpy(x), torch.from_numpy(y)),
+                batch_size=16,
+            )
+            thread = threading.Thread(
+                target=fedloom.connect,
+                kwargs={"client": client, "address": f"127.0.0.1:{port}", "name": f"dp{index}",
+                        "stop": stop},
+                daemon=True,
+            )  # fmt: skip
+            thread.start()
+            threads.append(thread)
+        assert lines.get(timeout=120.0) == "DONE", (tmp_path / "server.log").read_text()
+        server.wait(timeout=30.0)
+    finally:
+        stop.set()
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=10.0)
+        for thread in threads:
+            thread.join(timeout=20.0)
+
+    result = json.loads(out.read_text())
+    assert result["num_results"] == [3, 3]
+    assert result["failures"] == [[], []]
+    # every client has 64 examples and batch 16: its epsilon after each fit is the plan's
+    budget = DPSGDBudget(epsilon=4.0, delta=1e-3, rounds=2)
+    first = budget.plan(num_examples=64, batch_size=16, epochs=1, history=())
+    second = budget.plan(num_examples=64, batch_size=16, epochs=1, history=first.history)
+    assert result["local_epsilon"] == pytest.approx([first.epsilon, second.epsilon], rel=1e-9)
+    assert second.epsilon <= 4.0
+    assert not any(thread.is_alive() for thread in threads)

@@ -37,6 +37,7 @@ from fedloom.privacy.central import (
     central_dp,
 )
 from fedloom.privacy.clipping import check_clip_norm, clip_update, l2_norm, next_clip_norm
+from fedloom.privacy.local import ACCOUNTING_METRICS
 from fedloom.privacy.noise import (
     add_gaussian_noise,
     check_noise_multiplier,
@@ -46,6 +47,7 @@ from fedloom.privacy.noise import (
 
 __all__ = [
     "ACCOUNTANTS",
+    "ACCOUNTING_METRICS",
     "CALIBRATIONS",
     "AdaptiveClip",
     "CentralDP",

@@ -33,7 +33,23 @@ from fedloom.privacy.accounting import (
 )
 from fedloom.privacy.clipping import check_clip_norm
 
-__all__ = ["DPSGDBudget", "DPSGDPlan", "history_from_vector", "history_to_vector"]
+__all__ = [
+    "ACCOUNTING_METRICS",
+    "DPSGDBudget",
+    "DPSGDPlan",
+    "history_from_vector",
+    "history_to_vector",
+]
+
+ACCOUNTING_METRICS = frozenset({"dpsgd.epsilon"})
+"""Client metrics that describe a client's privacy accounting, not its data's values.
+
+Secure aggregation hides every other per-client metric; a client sends these in the
+clear next to its masked update when the server asks (``secagg.clear_metrics``), so
+the local DP plug-in can report the epsilon spent. ``dpsgd.epsilon`` depends on the
+budget, the number of fits, the epochs and the sample rate ``batch_size / n``: it
+tells the server roughly how many examples the client holds, nothing more.
+"""
 
 
 def history_to_vector(history: tuple[Step, ...]) -> Vector:

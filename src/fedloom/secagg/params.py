@@ -47,7 +47,8 @@ class SecAggPlus:
     Deviations from the paper: the graph and participant list come from the server
     (honest-but-curious model), there is no signature / consistency round (so a
     server that lies about dropouts is stopped only by ``2t > k + 1`` and by each
-    client's checks), and per-client metrics are not sent.
+    client's checks), and per-client metrics are not sent — except privacy
+    accounting a plug-in needs (local DP's ``dpsgd.epsilon``), in the clear.
 
     Args:
         num_neighbours: ``k``, neighbours per client (rounded up to even); None picks

@@ -12,9 +12,10 @@ arrival. `run_secure_round` drives the four stages over a `Channel`.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,6 +27,7 @@ from fedloom.secagg.graph import harary_neighbours
 from fedloom.secagg.params import RoundParams, SecAggPlus
 from fedloom.secagg.quantize import dequantize_sum
 from fedloom.secagg.stages import (
+    CLEAR_METRICS,
     MASKED,
     PAYLOAD,
     SESSION,
@@ -53,6 +55,8 @@ class SecureSum:
         count_within_clip: how many of them had norm <= the clip norm (with central DP).
         survivors: their ids.
         failures: why each other participant dropped out.
+        metrics: each survivor's privacy-accounting metrics, sent in the clear when the
+            round asked for them (``clear_metrics``); empty otherwise.
     """
 
     total: NDArray[np.float64]
@@ -61,6 +65,7 @@ class SecureSum:
     count_within_clip: int
     survivors: tuple[ClientId, ...]
     failures: Mapping[ClientId, str]
+    metrics: Mapping[ClientId, Mapping[str, Scalar]] = field(default_factory=dict)
 
 
 class SecAggServer:
@@ -74,6 +79,9 @@ class SecAggServer:
         weighted: clients weight their update by num_examples (else by 1).
         clip_norm: clients clip their update to this L2 norm before quantizing (central DP).
         idle_timeout_s: how long a client keeps a session waiting for its next stage.
+        clear_metrics: finite numeric metrics every masked input must carry in the
+            clear (privacy accounting, `fedloom.privacy.local.ACCOUNTING_METRICS`); a
+            client without them is dropped before its masked vector is summed.
     """
 
     def __init__(
@@ -86,8 +94,11 @@ class SecAggServer:
         weighted: bool = True,
         clip_norm: float | None = None,
         idle_timeout_s: float = 600.0,
+        clear_metrics: Sequence[str] = (),
     ) -> None:
         self.params = params
+        self.clear_metrics = tuple(clear_metrics)
+        self._clear: dict[ClientId, dict[str, Scalar]] = {}
         self.session = secrets.token_hex(16)
         self.index, self.graph = harary_neighbours(
             list(participants), num_neighbours=params.num_neighbours, rng=rng
@@ -214,8 +225,30 @@ class SecAggServer:
         valid = (vector >= 0) & (vector < modulus) & (np.floor(vector) == vector)
         if not bool(valid.all()):
             raise _Dropped(f"'{MASKED}' must hold integers in [0, 2**{self.params.modulus_bits})")
+        clear = self._take_clear_metrics(reply.metrics)  # before the vector joins the sum
         np.add(self._sum, vector.astype(np.uint64), out=self._sum)
         self._masked.add(client)
+        if clear:
+            self._clear[client] = clear
+
+    def _take_clear_metrics(self, metrics: Mapping[str, Scalar]) -> dict[str, Scalar]:
+        extra = sorted(set(metrics) - set(self.clear_metrics))
+        if extra:
+            raise _Dropped(f"sent metrics {extra[:5]} in the clear, which were not asked for")
+        clear: dict[str, Scalar] = {}
+        for name in self.clear_metrics:
+            value = metrics.get(name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise _Dropped(
+                    f"expected the finite number '{name}' in the clear with its masked input, "
+                    f"got {value!r:.40}"
+                )
+            clear[name] = value
+        return clear
 
     def _take_shares(self, client: ClientId, payload: Mapping[str, object]) -> None:
         x = self.index[client]
@@ -362,6 +395,7 @@ class SecAggServer:
             count_within_clip=within,
             survivors=tuple(survivors),
             failures=dict(self.failures),
+            metrics={c: self._clear[c] for c in survivors if c in self._clear},
         )
 
 
@@ -379,6 +413,7 @@ def run_secure_round(
     fit_timeout_s: float | None = None,
     weighted: bool = True,
     clip_norm: float | None = None,
+    clear_metrics: Sequence[str] = (),
 ) -> SecureSum:
     """Run the four stages of SecAgg+ for `tasks` over `channel`; the unmasked sum.
 
@@ -394,6 +429,9 @@ def run_secure_round(
         fit_timeout_s: the deadline of the training stage.
         weighted: weight updates by num_examples (else 1 per client).
         clip_norm: clients clip updates to this L2 norm before masking (central DP).
+        clear_metrics: privacy-accounting metrics each client sends in the clear with
+            its masked input (`fedloom.privacy.local.ACCOUNTING_METRICS`; the local DP
+            plug-in's ``dpsgd.epsilon``); they come back in `SecureSum.metrics`.
 
     Raises:
         SecAggAborted: too few clients remained to unmask safely.
@@ -410,14 +448,16 @@ def run_secure_round(
         weighted=weighted,
         clip_norm=clip_norm,
         idle_timeout_s=2.0 * max(fit_s, config.timeout_s),
+        clear_metrics=clear_metrics,
     )
+    asked: dict[str, Scalar] = {CLEAR_METRICS: ",".join(clear_metrics)} if clear_metrics else {}
     empty = Weights({})
     for stage in STAGES:
         requests = server.requests()
         stage_tasks: dict[ClientId, FitIns]
         if stage == "masked_input":
             stage_tasks = {
-                cid: replace(tasks[cid], config={**tasks[cid].config, **extra})
+                cid: replace(tasks[cid], config={**tasks[cid].config, **extra, **asked})
                 for cid, extra in requests.items()
             }
         else:

@@ -15,10 +15,18 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedloom.core import ClientId, Failure, FitIns, FitRes, Reply, Weights, generator
-from fedloom.errors import FedloomError, StageOrderError
+from fedloom.core import ClientId, Failure, FitIns, FitRes, Reply, Scalar, Weights, generator
+from fedloom.errors import FedloomError, SecAggAborted, StageOrderError
+from fedloom.privacy.local import ACCOUNTING_METRICS
 from fedloom.secagg.client import SecAggClient
-from fedloom.secagg.stages import MASKED, PAYLOAD, STAGE, STAGES, dump_payload
+from fedloom.secagg.stages import (
+    MASKED,
+    PAYLOAD,
+    STAGE,
+    STAGES,
+    clear_metric_names,
+    dump_payload,
+)
 
 __all__ = ["FitFn", "SecAggSessions"]
 
@@ -83,6 +91,7 @@ class SecAggSessions:
                 client_id=client_id,
             )
         session.check_masked_input(task.config)
+        wanted = _clear_metrics_asked(client_id, task)
         plain = {k: v for k, v in task.config.items() if not k.startswith("secagg.")}
         result = fit(replace(task, config=plain))
         if not isinstance(result, FitRes):
@@ -94,7 +103,24 @@ class SecAggSessions:
         seed = task.config.get("seed", 0)
         rng = generator(int(seed) if isinstance(seed, int) else 0, "secagg-rounding")
         masked = session.masked_input(task.config, update, weight, rng)
-        return FitRes(weights=Weights({MASKED: masked}), num_examples=0)
+        clear: dict[str, Scalar] = {k: result.metrics[k] for k in wanted if k in result.metrics}
+        return FitRes(weights=Weights({MASKED: masked}), num_examples=0, metrics=clear)
+
+
+def _clear_metrics_asked(client_id: ClientId, task: FitIns) -> tuple[str, ...]:
+    """The metrics the server asks to see in the clear; refuses any but accounting ones."""
+    wanted = clear_metric_names(task.config)
+    refused = sorted(set(wanted) - ACCOUNTING_METRICS)
+    if refused:
+        raise SecAggAborted(
+            f"client '{client_id}' aborted secure aggregation at stage 'masked_input': the "
+            f"server asked for the metrics {refused} in the clear, but a client sends only "
+            f"privacy-accounting metrics ({', '.join(sorted(ACCOUNTING_METRICS))}) outside "
+            "the masked sum. Remove the plug-in that requires them from the strategy.",
+            stage="masked_input",
+            client_id=client_id,
+        )
+    return wanted
 
 
 def _reply(metrics: Mapping[str, str]) -> FitRes:

@@ -4,8 +4,11 @@ A stage request is a `FitIns` whose config holds ``secagg.stage``, ``secagg.sess
 (a random id for the round's run of the protocol) and ``secagg.payload`` (a JSON
 object; bytes in it are base64). A stage reply is a `FitRes` whose metrics hold
 ``secagg.payload``; the masked input travels as the float64 tensor ``secagg.masked``
-(integers below ``2^52``, so exact). This module has no cryptography, so runtimes
-can recognise stage tasks without loading it.
+(integers below ``2^52``, so exact). The masked-input request may list, in
+``secagg.clear_metrics`` (comma-separated), privacy-accounting metrics
+(`fedloom.privacy.local.ACCOUNTING_METRICS`) the client sends in the clear in that
+reply's metrics; no other per-client metric leaves it. This module has no
+cryptography, so runtimes can recognise stage tasks without loading it.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from fedloom.core import FitIns, Scalar, Task
 from fedloom.errors import SecAggAborted
 
 __all__ = [
+    "CLEAR_METRICS",
     "MASKED",
     "PAYLOAD",
     "SESSION",
     "STAGE",
     "STAGES",
     "b64",
+    "clear_metric_names",
     "dump_payload",
     "is_stage_task",
     "load_payload",
@@ -36,6 +41,7 @@ STAGE = "secagg.stage"
 SESSION = "secagg.session"
 PAYLOAD = "secagg.payload"
 MASKED = "secagg.masked"
+CLEAR_METRICS = "secagg.clear_metrics"
 STAGES = ("setup", "share_keys", "masked_input", "unmask")
 """The stages of a round, in order."""
 
@@ -43,6 +49,14 @@ STAGES = ("setup", "share_keys", "masked_input", "unmask")
 def is_stage_task(task: Task) -> bool:
     """Whether `task` is a secure-aggregation stage (a fit task naming its stage)."""
     return isinstance(task, FitIns) and STAGE in task.config
+
+
+def clear_metric_names(config: Mapping[str, Scalar]) -> tuple[str, ...]:
+    """The metric names a masked-input request asks to see in the clear (may be none)."""
+    listed = config.get(CLEAR_METRICS)
+    if not isinstance(listed, str):
+        return ()
+    return tuple(name for name in listed.split(",") if name)
 
 
 def b64(data: bytes) -> str:

@@ -352,6 +352,7 @@ class Orchestrator:
             fit_timeout_s=self._fit_timeout_s,
             weighted=self._strategy.weighted_sum,
             clip_norm=None if state.privacy is None else state.privacy.clip_norm,
+            clear_metrics=self._strategy.clear_metrics,  # local DP's epsilons
         )
         failures.update(secure.failures)
         new_state, metrics = self._strategy.aggregate_sum(
@@ -364,6 +365,7 @@ class Orchestrator:
             num_available=num_available,
             num_sampled=len(tasks),
             rng=generator(self._seed, "privacy", server_round),
+            client_metrics=list(secure.metrics.values()),
         )
         return new_state, metrics, secure.count
 

@@ -66,6 +66,11 @@ class Plugin(ABC):
     """Tensors every client result must carry (checked before aggregation)."""
     required_metrics: ClassVar[tuple[str, ...]] = ()
     """Finite numeric metrics every client result must carry (checked before aggregation)."""
+    reads_metrics_only: ClassVar[bool] = False
+    """Whether the server half only reads metrics: its rounds' ``add`` and ``finish``
+    return the update and weight unchanged. Such a plug-in composes with secure
+    aggregation when its required metrics are privacy accounting
+    (`fedloom.privacy.local.ACCOUNTING_METRICS`), which clients then send in the clear."""
 
     def client_config(self) -> dict[str, Scalar]:
         """The ``"<name>.<param>"`` keys the client half reads."""
@@ -389,6 +394,10 @@ class LocalDP(Plugin):
     A client asked for more fits than `rounds` refuses (its task fails, the run goes on).
     Only `TorchClient` applies it.
 
+    Its server half only reads ``dpsgd.epsilon`` (updates pass unchanged), so it
+    composes with secure aggregation: each client then sends its epsilon in the clear
+    next to its masked update, and ``privacy.local_epsilon`` is the same figure.
+
     Args:
         epsilon: each client's budget over its whole training, > 0.
         delta: the budget's delta, in (0, 1).
@@ -398,6 +407,7 @@ class LocalDP(Plugin):
 
     name: ClassVar[str] = "dpsgd"
     required_metrics: ClassVar[tuple[str, ...]] = ("dpsgd.epsilon",)
+    reads_metrics_only: ClassVar[bool] = True
     epsilon: float
     delta: float = 1e-5
     clip_norm: float = 1.0

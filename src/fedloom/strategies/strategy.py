@@ -25,7 +25,7 @@ from fedloom.core import (
     weighted_average,
 )
 from fedloom.errors import ConfigError, NotEnoughResults
-from fedloom.privacy import CentralDP, DPFold, PrivacyState
+from fedloom.privacy import ACCOUNTING_METRICS, CentralDP, DPFold, PrivacyState
 from fedloom.secagg import SecAggPlus
 from fedloom.strategies.optimizers import SGD, OptimizerState, ServerOptimizer
 from fedloom.strategies.plugins import LocalOptimizer, Plugin
@@ -78,7 +78,9 @@ class Strategy:
             is clipped, the clipped updates are averaged uniformly (example counts are
             ignored) and Gaussian noise is added; None: no central DP.
         secure_aggregation: `fedloom.secagg.SecAggPlus`: the server learns only the sum
-            of the updates (needs a sum-decomposable aggregator, WeightedMean or Mean).
+            of the updates (needs a sum-decomposable aggregator, WeightedMean or Mean,
+            and plug-ins without a server half or, like `LocalDP`, reading only
+            privacy-accounting metrics, which clients then send in the clear).
     """
 
     sampler: Sampler = field(default_factory=All)
@@ -142,6 +144,18 @@ class Strategy:
     def required_metrics(self) -> tuple[str, ...]:
         """Numeric metrics every fit result must carry for the plug-ins."""
         return tuple(name for plugin in self.plugins for name in plugin.required_metrics)
+
+    @property
+    def clear_metrics(self) -> tuple[str, ...]:
+        """Metrics clients send in the clear under secure aggregation (privacy accounting).
+
+        The required metrics of the plug-ins whose server half only reads metrics
+        (`Plugin.reads_metrics_only`, e.g. `LocalDP`'s ``dpsgd.epsilon``); empty
+        without secure aggregation.
+        """
+        if self.secure_aggregation is None:
+            return ()
+        return self.required_metrics
 
     def configure_fit(
         self,
@@ -282,13 +296,17 @@ class Strategy:
         num_available: int | None = None,
         num_sampled: int | None = None,
         rng: np.random.Generator | None = None,
+        client_metrics: Sequence[Mapping[str, Scalar]] = (),
     ) -> tuple[StrategyState, dict[str, Scalar]]:
         """The new state from a sum of updates the server never saw one by one.
 
         Secure aggregation hands over ``total = sum_i w_i * u_i`` and ``sum_i w_i``
         (``w_i`` the example counts for WeightedMean, 1 for Mean and central DP); the
         update is their ratio, or central DP's noised mean of the clients' clipped
-        updates (`count_within_clip` of them were within the clip norm).
+        updates (`count_within_clip` of them were within the clip norm). The
+        plug-ins (all of them `Plugin.reads_metrics_only`) read `client_metrics`, the
+        metrics each client in the sum sent in the clear (`clear_metrics`), and keep
+        their server state (local DP: the largest epsilon spent).
 
         Raises:
             NotEnoughResults: fewer than ``min_fit`` updates are in the sum.
@@ -315,10 +333,19 @@ class Strategy:
                     received=0, required=required, detail="Every update in the sum has weight 0."
                 )
             update = summed / params.dtype.type(total_weight)
+        plugin_state = dict(state.plugins)
+        for plugin in self.plugins:  # they read metrics and leave the update as it is
+            plugin_round = plugin.start_round(
+                state.plugins, dim=params.size, dtype=params.dtype, num_available=num_available or 0
+            )
+            for metrics in client_metrics:
+                plugin_round.add(_NO_UPDATE, 1.0, tensors={}, metrics=metrics)
+            _, changes = plugin_round.finish(update)
+            plugin_state.update(changes)
         new_params, optimizer = self.server_opt.step(params, update, state.optimizer)
         weights = Weights.from_flat(state.weights.spec, new_params)
         return StrategyState(
-            weights=weights, optimizer=optimizer, plugins=state.plugins, privacy=privacy
+            weights=weights, optimizer=optimizer, plugins=plugin_state, privacy=privacy
         ), {}
 
     @property
@@ -369,6 +396,10 @@ class Strategy:
 
     def _config(self, server_round: int) -> Config:
         return {**self.config, "server_round": server_round}
+
+
+_NO_UPDATE: Vector = np.zeros(0)
+"""What metrics-only plug-ins get for an update they never see (under secure aggregation)."""
 
 
 def _describe(part: object) -> dict[str, Any]:
@@ -484,10 +515,22 @@ def _check_secure_aggregation(strategy: Strategy) -> None:
             or plugin.required_tensors
             or plugin.required_metrics
         )
-        if has_server_half:
+        if has_server_half and not plugin.reads_metrics_only:
             raise ConfigError(
                 f"the {plugin.name} plug-in adjusts each client's update on the server, which "
                 "secure aggregation hides. Remove it, or drop secure_aggregation.",
+                field="plugins",
+                value=plugin.name,
+            )
+        hidden = sorted(set(plugin.required_metrics) - ACCOUNTING_METRICS)
+        if plugin.required_tensors or hidden:
+            what = f"tensors {list(plugin.required_tensors)}" if plugin.required_tensors else ""
+            what = what or f"metrics {hidden}"
+            raise ConfigError(
+                f"the {plugin.name} plug-in needs each client's {what}, which secure "
+                "aggregation does not send (only the privacy-accounting metrics "
+                f"{sorted(ACCOUNTING_METRICS)} travel in the clear). Remove it, or drop "
+                "secure_aggregation.",
                 field="plugins",
                 value=plugin.name,
             )
