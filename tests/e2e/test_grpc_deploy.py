@@ -316,15 +316,18 @@ def test_grpc_client_with_wrong_token_is_refused(spawn: Spawn, tmp_path: Path) -
     # "--token=..." because a token may start with "-", which argparse would take for an option.
     unknown = _client(spawn, "c2", address, *tls, f"--token={generate_token()}")
     borrowed = _client(spawn, "c3", address, *tls, f"--token={tokens['c0']}")
+    # The refused clients finish before the good ones start: a 3-round toy run is over
+    # in a second, and a refused client that only reached the port after the server
+    # had stopped would be retrying a closed port instead of hearing the refusal.
+    assert unknown.finish(timeout_s=60) == 2, unknown.tail()
+    assert "REFUSED: the server at" in unknown.stderr()
+    assert "refused client 'c2': invalid token" in unknown.stderr()
+    assert borrowed.finish(timeout_s=60) == 2, borrowed.tail()
+    assert "refused client 'c3': this token does not belong to client 'c3'" in borrowed.stderr()
     good = [_client(spawn, name, address, *tls, f"--token={tokens[name]}") for name in tokens]
 
     result = _finished_run(server, out, timeout_s=60, clients=good)
 
-    assert unknown.finish(timeout_s=30) == 2, unknown.tail()
-    assert "REFUSED: the server at" in unknown.stderr()
-    assert "refused client 'c2': invalid token" in unknown.stderr()
-    assert borrowed.finish(timeout_s=30) == 2, borrowed.tail()
-    assert "refused client 'c3': this token does not belong to client 'c3'" in borrowed.stderr()
     rounds = _rounds(result)
     assert result["stop_reason"] == "completed 3 rounds"
     assert [(rounds[r]["num_results"], rounds[r]["failures"]) for r in (1, 2, 3)] == [(2, {})] * 3
