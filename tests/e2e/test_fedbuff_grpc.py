@@ -36,7 +36,7 @@ from fedloom.deployment import connect
 from fedloom.server import Callback, ClientOutcome
 from fedloom.simulation import Fleet as SimulatedFleet
 from fedloom.store import open_store
-from fedloom.strategies import fedbuff
+from fedloom.strategies import fedasync, fedbuff
 from fedloom.transport.codec import load_weights
 
 pytestmark = pytest.mark.e2e
@@ -268,3 +268,68 @@ def test_fedbuff_over_grpc_survives_a_dying_client_and_takes_a_late_one(
     assert all(len(values) == 2 for values in staleness_by_round.values())  # K = 2 per version
     weights = load_weights(folder / "weights.safetensors")
     assert np.allclose(weights["x"], expected_x(staleness_by_round))
+
+
+def pulling_client(index: int) -> FunctionClient:
+    """Client i moves the weights halfway to its target ``i + 1`` in every coordinate."""
+
+    def fit(weights: Weights, config: Config) -> tuple[WeightsLike, int, Metrics]:
+        return {"x": weights["x"] + 0.5 * (index + 1.0 - weights["x"])}, 1, {}
+
+    return FunctionClient(weights={"x": np.zeros(3)}, fit=fit)
+
+
+def test_fedasync_over_grpc_ends_with_the_simulations_weights() -> None:
+    """One client in flight at a time: the seeded sampler alone picks who, on either channel."""
+    strategy = fedasync(mixing=0.5, concurrency=1)
+    start = {"x": np.zeros(3)}
+    simulated = fedloom.simulate(
+        lambda context: pulling_client(context.partition_id),
+        num_clients=2,
+        rounds=5,
+        strategy=strategy,
+        initial_weights=start,
+        seed=3,
+    )
+    port: queue.Queue[int] = queue.Queue()
+    names: queue.Queue[Callable[[], list[str]]] = queue.Queue()
+    served: list[fedloom.RunResult] = []
+
+    def serve() -> None:
+        served.append(
+            fedloom.serve(
+                rounds=5,
+                strategy=strategy,
+                address="127.0.0.1:0",
+                min_clients=2,
+                join_timeout_s=60,
+                fit_timeout_s=60,
+                initial_weights=start,
+                seed=3,
+                on_ready=port.put,
+                on_connected=names.put,
+            )
+        )
+
+    server = threading.Thread(target=serve)
+    server.start()
+    connected, address = names.get(timeout=60), f"127.0.0.1:{port.get(timeout=60)}"
+    clients = [
+        threading.Thread(target=connect, args=(pulling_client(index),),
+                         kwargs={"address": address, "name": str(index)})
+        for index in range(2)
+    ]  # fmt: skip
+    clients[0].start()
+    deadline = time.monotonic() + 60
+    while not connected() and time.monotonic() < deadline:  # the run waits for both
+        time.sleep(0.05)
+    clients[1].start()  # "1" joins second, as the simulation lists it second
+    server.join(timeout=120)
+    for thread in clients:
+        thread.join(timeout=30)
+
+    assert not server.is_alive()
+    assert served[0].stop_reason == "completed 5 rounds"
+    assert [r.server_round for r in served[0].history] == [1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(served[0].weights["x"], simulated.weights["x"])
+    assert float(simulated.weights["x"][0]) > 0.5  # it moved towards the targets 1 and 2
