@@ -2,10 +2,10 @@
 
 OpenFed's ``AggregateCount(count=2)`` is FedBuff's buffer of 2 (`main_async`, in
 simulation); its step functions (``StopAtVersion``, before/after upload and
-download) are `ClientHooks` (`main_hooks`: one server and two clients as threads
-of this process over gRPC on loopback, in plain text as the launcher runs them;
-across machines use TLS and tokens); its ``openfed.launch --nproc_per_node 3`` is
-``fedloom launch --nproc 3``.
+download) are `ClientHooks` (`main_hooks`: the same FedBuff over gRPC, one server
+and two clients as threads of this process on loopback, in plain text as the
+launcher runs them; across machines use TLS and tokens); its
+``openfed.launch --nproc_per_node 3`` is ``fedloom launch --nproc 3``.
 
 Run it: ``python docs/snippets/coming_from_openfed.py``.
 """
@@ -46,7 +46,7 @@ def main_async(versions: int = 6, num_clients: int = 4) -> fedloom.RunResult:
 
 
 def main_hooks(versions: int = 3, num_clients: int = 2) -> tuple[fedloom.RunResult, list[str]]:
-    """Step hooks on each client of a gRPC federation; clients stop after `versions`."""
+    """FedBuff over gRPC, step hooks on each client; clients stop after `versions`."""
     ready, port = threading.Event(), []
     uploads: list[str] = []
     hooks = ClientHooks()
@@ -70,7 +70,7 @@ def main_hooks(versions: int = 3, num_clients: int = 2) -> tuple[fedloom.RunResu
         thread.start()
     result = fedloom.serve(
         rounds=versions,
-        strategy=fedloom.fedavg(fraction_evaluate=0.0),
+        strategy=fedbuff(buffer_size=2, concurrency=num_clients),
         address="127.0.0.1:0",
         min_clients=num_clients,
         join_timeout_s=60,

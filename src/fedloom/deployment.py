@@ -120,6 +120,7 @@ def serve(
         quotas=quotas,
         package=offer,
     )
+    channel = GrpcChannel(fleet)
     try:
         if on_ready is not None:
             on_ready(running.port)
@@ -145,7 +146,7 @@ def serve(
         if recorder is not None:
             all_callbacks.insert(0, recorder)
         orchestrator = Orchestrator(
-            GrpcChannel(fleet),
+            channel,
             strategy,
             rounds=rounds,
             seed=seed,
@@ -160,6 +161,7 @@ def serve(
             return orchestrator.run(start.pop())
         return run_recorded(recorder, lambda: orchestrator.run(start.pop(), resume=resume))
     finally:
+        channel.close()  # asynchronous tasks still running: their results are dropped as late
         fleet.stop(wait_s=3 * heartbeat_s + 10.0)
         running.stop(grace_s=2.0)
 

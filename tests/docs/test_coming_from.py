@@ -77,8 +77,13 @@ def test_coming_from_openfed_async_and_hooks(snippet) -> None:
     assert asynchronous.stop_reason == "completed 6 rounds"
     assert abs(float(asynchronous.weights["weight"][0, 0]) - 2.0) < 0.6
     assert result.stop_reason == "completed 3 rounds"
-    assert "rank1 uploaded for version 3" in uploads
-    assert "rank2 uploaded for version 3" in uploads
+    assert [record.server_round for record in result.history] == [1, 2, 3]
+    assert all(record.num_results == 2 for record in result.history)  # FedBuff's K = 2
+    assert "staleness.max" in result.history[-1].metrics  # asynchronous over gRPC
+    # StopAtVersion(3) stops a client after its upload for version 3; the other may be
+    # stopped by the server instead, if version 3 filled up with its older update.
+    assert any(line.endswith("uploaded for version 3") for line in uploads)
+    assert {line.split()[0] for line in uploads} == {"rank1", "rank2"}
 
 
 def test_coming_from_pyfed_keras_with_server_test_and_tensorboard(snippet, tmp_path) -> None:

@@ -77,7 +77,8 @@ class AsyncChannel(Channel, Protocol):
     """A Channel that also runs tasks in the background, for asynchronous schedules.
 
     `submit` starts tasks and returns at once; `collect` returns the next
-    finished one, each exactly once.
+    finished one, each exactly once. A collected reply may hold the transport's
+    resources (the gRPC channel's upload slot) until the next `collect`.
     """
 
     def submit(self, tasks: Mapping[ClientId, Task]) -> None:
