@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,9 @@ from fedloom.client import KerasClient  # noqa: E402
 from fedloom.core import ClientContext, Weights  # noqa: E402
 from fedloom.errors import ConfigError  # noqa: E402
 
-# Keras's torch backend converts tensors with np.array(tensor), which NumPy 2 flags as deprecated.
+# Keras's own model.fit/evaluate turn their logs to numbers with np.array(tensor), which NumPy 2
+# flags (torch's __array__ takes no copy keyword) and Keras swallows; KerasClient's own
+# conversions must not: test_keras_client_get_weights_emits_no_deprecation_warning.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
@@ -52,6 +56,24 @@ def test_keras_client_weights_round_trip_by_variable_path() -> None:
 
     assert [name.rsplit("/", 1)[-1] for name in weights] == ["kernel", "bias", "kernel", "bias"]
     assert client.get_weights().equals(shifted)
+
+
+def test_keras_client_get_weights_emits_no_deprecation_warning() -> None:
+    """Keras's torch backend warns on np.array(tensor); get_weights copies with .numpy()."""
+    x, y = _data()
+    client = KerasClient(_model(), x, y)
+    trained = client.fit(client.get_weights(), {"seed": 0}).weights
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        weights = client.get_weights()
+
+    assert weights.equals(trained)
+    assert all(isinstance(array, np.ndarray) for array in weights.values())
+    # The arrays are copies: training again does not move weights already handed out.
+    snapshot = {name: array.copy() for name, array in weights.items()}
+    client.fit(weights, {"seed": 1, "lr": 0.5})
+    assert all(np.array_equal(weights[name], snapshot[name]) for name in snapshot)
 
 
 def test_keras_client_fit_is_reproducible_from_the_seed_and_restarts_the_optimizer() -> None:

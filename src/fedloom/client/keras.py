@@ -88,9 +88,10 @@ class KerasClient:
         self._names = _variable_names(model)
 
     def get_weights(self) -> Weights:
+        """The model's variables, copied into NumPy arrays, by Keras path."""
         return Weights(
             {
-                name: np.asarray(keras.ops.convert_to_numpy(variable))
+                name: _to_numpy(variable)
                 for name, variable in zip(self._names, self.model.weights, strict=True)
             }
         )
@@ -143,6 +144,25 @@ class KerasClient:
                 variable.assign(keras.ops.zeros(variable.shape, dtype=variable.dtype))
         if "lr" in config:
             optimizer.learning_rate = float(config["lr"])
+
+
+def _to_numpy(variable: keras.Variable) -> NDArray[Any]:
+    """A NumPy copy of the variable's value.
+
+    On the torch backend, ``keras.ops.convert_to_numpy`` calls ``np.array(tensor)``, and
+    ``torch.Tensor.__array__`` takes no ``copy`` keyword, which NumPy 2 flags with a
+    DeprecationWarning; the tensor's own ``.numpy()`` does the same job without it.
+    """
+    value = variable.value
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu()
+            if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16; the wire has none either
+                tensor = tensor.float()
+            return np.array(tensor.numpy(), copy=True)
+    return np.array(keras.ops.convert_to_numpy(value), copy=True)
 
 
 def _pair(
