@@ -31,7 +31,7 @@ def make_net() -> nn.Module:
 
 def client_fn(context: ClientContext) -> TorchClient:
     """One client: its Dirichlet share of the digits, 90% to train, 10% to test."""
-    rows = torch.as_tensor(context.partition(digits.target))
+    rows = torch.tensor(context.partition(digits.target))
     cut = len(rows) * 9 // 10
     return TorchClient(
         make_net(),

@@ -14,12 +14,8 @@ from fedloom.client import KerasClient  # noqa: E402
 from fedloom.core import ClientContext, Weights  # noqa: E402
 from fedloom.errors import ConfigError  # noqa: E402
 
-# Keras's own model.fit/evaluate turn their logs to numbers with np.array(tensor), which NumPy 2
-# flags (torch's __array__ takes no copy keyword) and Keras swallows; KerasClient's own
-# conversions must not: test_keras_client_get_weights_emits_no_deprecation_warning.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
+# Keras's own fit/evaluate warnings are ignored in pyproject.toml (module keras.*);
+# KerasClient's own conversions must not warn: test_keras_client_get_weights_emits_no_deprecation_warning.
 
 
 def _model(momentum: float = 0.9) -> keras.Model:

@@ -18,13 +18,7 @@ pytest.importorskip("keras")  # in the dev extra, so CI always runs this
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 
-pytestmark = [
-    pytest.mark.e2e,
-    # Keras's torch backend converts tensors with np.array(tensor), which NumPy 2 flags.
-    pytest.mark.filterwarnings(
-        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-    ),
-]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
