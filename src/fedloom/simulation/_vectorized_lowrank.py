@@ -13,13 +13,17 @@ output at step t is
 
 one large matrix product shared by all clients (the arithmetic of a
 centralized step) plus products of ``batch x (t * batch)`` matrices. No
-client's weight matrix, gradient or optimizer update is materialized until
-the end of the round, when ``W_k = W_0 - lr * dZ_k^T A_k`` is written once
-into the client's result. The values are those of `torch.optim.SGD` stepping
-each client's model (summed in another order, so equal to float rounding).
-Gradients with respect to every layer's output come from one autograd pass
-over the sum of the clients' masked mean losses (the clients' losses do not
-interact, so each client gets its own gradient).
+client's weight matrix, gradient or optimizer update is materialized during
+training. After it, the factors ``dZ_k`` and ``A_k`` are kept: ``W_k = W_0 -
+lr * dZ_k^T A_k`` is written only when a client's weights are read
+(`LowRankSGD.write_weights`), and a weighted sum over clients
+``sum_k s_k W_k`` is one product of the stacked factors
+(`LowRankSGD.weighted_delta`), the arithmetic of a centralized weight
+gradient, without writing the clients' weights at all. The values are those
+of `torch.optim.SGD` stepping each client's model (summed in another order,
+so equal to float rounding). Gradients with respect to every layer's output
+come from one autograd pass over the sum of the clients' masked mean losses
+(the clients' losses do not interact, so each client gets its own gradient).
 """
 
 from __future__ import annotations
@@ -86,8 +90,8 @@ class LowRankSGD:
 
     Args:
         layers: from `low_rank_layers`.
-        views: every parameter as a ``[clients, *shape]`` view of the result rows,
-            written in place (what they hold before is ignored).
+        biases: every bias as a ``[clients, out]`` tensor, trained in place
+            (what it holds before is ignored).
         start: every parameter's starting value, shared by all clients.
         lr: the learning rate; negative to maximize.
     """
@@ -95,14 +99,16 @@ class LowRankSGD:
     def __init__(
         self,
         layers: list[tuple[str, nn.Module]],
-        views: dict[str, torch.Tensor],
+        biases: dict[str, torch.Tensor],
         start: dict[str, torch.Tensor],
         lr: float,
     ) -> None:
         self.layers = layers
-        self.views = views
+        self.biases = biases
         self.start = start
         self.lr = lr
+        self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        """Per linear layer's weight name: ``(dZ, A)``, ``[clients, samples, out / in]``."""
 
     def train(
         self,
@@ -112,6 +118,10 @@ class LowRankSGD:
         loss_fn: ElementLoss,
     ) -> torch.Tensor:
         """Run every step; the loss of each client at each step, ``[clients, steps]``.
+
+        Afterwards `factors` holds what every client's weights are made of.
+        When the first linear layer sees the data itself, its ``A`` is `inputs`
+        (a view, no copy): keep `inputs` unchanged while the factors are used.
 
         Args:
             inputs: ``[clients, steps, batch, ...]``, padded.
@@ -126,7 +136,7 @@ class LowRankSGD:
         sizes = {name: (layer.in_features, layer.out_features) for name, layer in linear}
         start = {name: self.start[f"{name}.weight"] for name, _ in linear}
         for name, _ in linear:
-            bias = self.views.get(f"{name}.bias")
+            bias = self.biases.get(f"{name}.bias")
             if bias is not None:
                 bias.copy_(self.start[f"{name}.bias"].expand_as(bias))
         first = linear[0][0]
@@ -171,7 +181,7 @@ class LowRankSGD:
                         x = module(x)
                     continue
                 features, width = sizes[name]
-                bias = self.views.get(f"{name}.bias")
+                bias = self.biases.get(f"{name}.bias")
                 if direct and name == first:
                     assert shared is not None
                     assert gram is not None
@@ -201,11 +211,52 @@ class LowRankSGD:
             losses[:, step] = loss.detach()
             for (name, _), gradient in zip(linear, gradients, strict=True):
                 history_out[name][:, now] = gradient
-                if f"{name}.bias" in self.views:
-                    self.views[f"{name}.bias"].add_(gradient.sum(1), alpha=-self.lr)
-        for name, _ in linear:  # W_k = W_0 - lr * dZ_k^T A_k, written once, in place
-            weight = self.views[f"{name}.weight"]
-            scaled = history_out[name].mul_(-self.lr).transpose(1, 2)
-            torch.bmm(scaled, history_in[name], out=weight)
-            weight.add_(start[name])
+                if f"{name}.bias" in self.biases:
+                    self.biases[f"{name}.bias"].add_(gradient.sum(1), alpha=-self.lr)
+        self.factors = {
+            f"{name}.weight": (history_out[name], history_in[name]) for name, _ in linear
+        }
         return losses
+
+    def write_weights(self, views: dict[str, torch.Tensor]) -> None:
+        """``W_k = W_0 - lr * dZ_k^T A_k`` into each weight's ``[clients, out, in]`` view."""
+        for name, (gradients, seen) in self.factors.items():
+            weight = views[name]
+            torch.bmm((gradients * -self.lr).transpose(1, 2), seen, out=weight)
+            weight.add_(self.start[name])
+
+    def weighted_delta(
+        self, name: str, scales: torch.Tensor, rows: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``sum_k scales[k] * (W_k - W_0)`` of weight `name` over clients `rows` (None: all).
+
+        One ``[out, clients * samples] x [clients * samples, in]`` product.
+        """
+        gradients, seen = self.factors[name]
+        if rows is not None:
+            gradients, seen = gradients[rows], seen[rows]
+        clients, samples, width = gradients.shape
+        weighted = gradients * (scales * -self.lr).view(clients, 1, 1)
+        flat_seen = seen.reshape(clients * samples, seen.shape[-1])
+        return weighted.view(clients * samples, width).T @ flat_seen
+
+    def delta_bounds(self) -> torch.Tensor:
+        """Per client, a float64 bound on ``|W_k - W_0|`` over every weight element.
+
+        ``|lr * sum_s dZ[s, i] A[s, j]| <= |lr| * samples * max|dZ_k| * max|A_k|``;
+        NaN when a factor holds NaN. The data's maximum is taken over all
+        clients at once (one pass), the rest per client.
+        """
+        bound: torch.Tensor | None = None
+        for gradients, seen in self.factors.values():
+            clients, samples, _ = gradients.shape
+            largest_gradient = gradients.abs().amax(dim=(1, 2)).double()
+            if seen.numel() > 1 << 20:  # the data: one pass for all clients
+                low, high = torch.aminmax(seen)
+                largest_seen = torch.maximum(low.abs(), high.abs()).double().expand(clients)
+            else:
+                largest_seen = seen.abs().amax(dim=(1, 2)).double()
+            layer = abs(self.lr) * samples * largest_gradient * largest_seen
+            bound = layer if bound is None else torch.maximum(bound, layer)
+        assert bound is not None
+        return bound

@@ -37,6 +37,7 @@ from fedloom.client.torch import TorchClient
 from fedloom.core import ClientId, Failure, FitIns, FitRes, Scalar, VectorSpec, Weights
 from fedloom.core.dispatch import run_task
 from fedloom.core.protocols import Client
+from fedloom.core.weights import DeferredWeights
 from fedloom.errors import ConfigError
 from fedloom.simulation._vectorized_lowrank import LowRankSGD, low_rank_layers
 
@@ -216,10 +217,8 @@ class VectorizedFit:
         )
         order = sorted(plans, key=lambda cid: -_steps(plans[cid]))  # similar lengths share a chunk
         schedules = [_Schedule.of(plans[cid]) for cid in order]
-        buffer = self._memory.result((len(order), spec.size), dtype, self.device)
         starts = [plans[cid].ins.weights for cid in order]
         steps = _steps(plans[order[0]]) if order else 0
-        losses = torch.zeros(len(order), steps, dtype=dtype, device=self.device)
         model.train()
         layers = _low_rank(model, first.optimizer, starts)
         if layers is not None and steps:
@@ -231,9 +230,19 @@ class VectorizedFit:
                 name: torch.from_numpy(starts[0][name].copy()).to(self.device, dtype)
                 for name in names
             }
-            trainer = LowRankSGD(layers, _views(buffer, spec), initial, lr)
+            biases = {
+                name: initial[name].expand(len(order), *initial[name].shape).clone()
+                for name in names
+                if name.endswith(".bias")  # the low-rank form's layers are nn.Linear
+            }
+            trainer = LowRankSGD(layers, biases, initial, lr)
             losses = trainer.train(inputs, targets, mask, loss_fn.batched)
+            block = _LowRankRows(trainer, spec, starts[0].flat, self._memory)
+            self._memory.hold("inputs", block)  # the factors view the stacked inputs
+            rows: Callable[[int], Weights] = lambda row: DeferredWeights(spec, block, row)  # noqa: E731
         else:
+            buffer = self._memory.result((len(order), spec.size), dtype, self.device)
+            losses = torch.zeros(len(order), steps, dtype=dtype, device=self.device)
             _load_rows(buffer, starts, spec)
             step = _batched_step(model, loss_fn)
             trainable = [name for name in names if parameters[name].requires_grad]
@@ -250,16 +259,90 @@ class VectorizedFit:
                     self._memory,
                 )
                 losses[start : start + len(part), : done.shape[1]] = done
-        flat = buffer.cpu().numpy()
-        if buffer.device.type == "cpu":
-            self._memory.recycle(flat, buffer)
+            flat = buffer.cpu().numpy()
+            if buffer.device.type == "cpu":
+                self._memory.recycle(flat, buffer)
+            rows = lambda row: Weights.from_flat(spec, flat[row])  # noqa: E731
         step_losses = losses.cpu().numpy().astype(np.float64)
         results: dict[ClientId, FitRes] = {}
         for row, (client_id, schedule) in enumerate(zip(order, schedules, strict=True)):
             metrics: dict[str, Scalar] = {"loss": schedule.mean_loss(step_losses[row])}
-            weights = Weights.from_flat(spec, flat[row])
-            results[client_id] = FitRes(weights, schedule.num_examples, metrics)
+            results[client_id] = FitRes(rows(row), schedule.num_examples, metrics)
         return results
+
+
+class _LowRankRows:
+    """The results of a low-rank round as factors: a `DeferredRows` block (see LowRankSGD).
+
+    The rows (every client's weights) are written only when one is read; the
+    server's weighted mean is one product of the stacked factors; a row is
+    proven finite from a bound on its factors.
+    """
+
+    def __init__(
+        self, trainer: LowRankSGD, spec: VectorSpec, start: np.ndarray, memory: _Memory
+    ) -> None:
+        self._trainer = trainer
+        self._spec = spec
+        self._start = start
+        self._memory = memory
+        self._rows: np.ndarray | None = None
+        self._finite: list[bool] | None = None
+        self._count = len(next(iter(trainer.factors.values()))[0])
+
+    def rows(self) -> np.ndarray:
+        if self._rows is None:
+            first = next(iter(self._trainer.factors.values()))[0]
+            buffer = self._memory.result((self._count, self._spec.size), first.dtype, first.device)
+            views = _views(buffer, self._spec)
+            for name, bias in self._trainer.biases.items():
+                views[name].copy_(bias)
+            self._trainer.write_weights(views)
+            flat = buffer.cpu().numpy()
+            if buffer.device.type == "cpu":
+                self._memory.recycle(flat, buffer)
+            self._rows = flat
+        return self._rows
+
+    def finite(self, row: int) -> bool:
+        if self._finite is None:
+            dtype = next(iter(self._trainer.factors.values()))[0].dtype
+            largest = float(np.abs(self._start).max()) if self._start.size else 0.0
+            bound = self._trainer.delta_bounds() + largest
+            proven = bound < torch.finfo(dtype).max / 16  # NaN compares False
+            for bias in self._trainer.biases.values():
+                proven &= torch.isfinite(bias).flatten(1).all(1).cpu()
+            self._finite = proven.cpu().tolist()
+        return self._finite[row]
+
+    def weighted_difference(
+        self, rows: Sequence[int], scales: Sequence[float], base: np.ndarray
+    ) -> np.ndarray:
+        factors = self._trainer.factors
+        first = next(iter(factors.values()))[0]
+        index: torch.Tensor | None = None
+        if len(rows) == self._count and len(set(rows)) == self._count:  # every row once
+            scale = torch.zeros(self._count, dtype=first.dtype)
+            scale[torch.tensor(rows)] = torch.tensor(scales, dtype=first.dtype)
+        else:
+            index = torch.tensor(rows, device=first.device)
+            scale = torch.tensor(scales, dtype=first.dtype)
+        scale = scale.to(first.device)
+        total = float(sum(scales))
+        out: np.ndarray = (self._start - base) * self._start.dtype.type(total)
+        offset = 0
+        for name, size in zip(self._spec.names, self._spec.sizes, strict=True):
+            part = out[offset : offset + size]
+            if name in factors:
+                delta = self._trainer.weighted_delta(name, scale, index)
+                part += delta.cpu().numpy().reshape(-1)
+            else:  # a bias, kept whole per client: sum_k s_k (b_k - base)
+                bias = self._trainer.biases[name]
+                chosen = bias if index is None else bias[index]
+                summed = (scale @ chosen.reshape(len(scale), -1)).cpu().numpy()
+                part[...] = summed - base[offset : offset + size] * base.dtype.type(total)
+            offset += size
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +582,17 @@ class _Memory:
     def recycle(self, array: np.ndarray, buffer: torch.Tensor) -> None:
         """Take `buffer` back once `array` (its numpy view) is garbage collected."""
         weakref.finalize(array, self._file, buffer)
+
+    def hold(self, name: str, owner: object) -> None:
+        """Keep scratch `name` out of reuse while `owner` (which views it) lives."""
+        tensor = self._scratch.pop(name, None)
+        if tensor is not None:
+            weakref.finalize(owner, self._give_back, name, tensor)
+
+    def _give_back(self, name: str, tensor: torch.Tensor) -> None:
+        kept = self._scratch.get(name)
+        if kept is None or kept.numel() < tensor.numel():
+            self._scratch[name] = tensor
 
     def _file(self, buffer: torch.Tensor) -> None:
         if len(self._free) < self._KEEP:
