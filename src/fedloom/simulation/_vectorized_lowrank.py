@@ -144,8 +144,7 @@ class LowRankSGD:
         while self.layers[leading][0] != first:
             leading += 1
         # the first linear layer sees the data itself when at most a Flatten comes before it:
-        # then its shared product for every step is one matrix product, and the inputs'
-        # overlaps one batched Gram matrix, both computed before the first step
+        # then its shared product for every step is one matrix product before the first step
         direct = flat_inputs.shape[-1] == sizes[first][0] and all(
             type(layer) is nn.Flatten for _, layer in self.layers[:leading]
         )
@@ -157,16 +156,12 @@ class LowRankSGD:
                 history_in[name] = flat_inputs  # the data itself: nothing to copy
             else:
                 history_in[name] = flat_inputs.new_empty(clients, samples, layer.in_features)
-        shared = gram = None
+        shared = None
         if direct:
             features, width = sizes[first]
             shared = (flat_inputs.view(clients * samples, features) @ start[first].T).view(
                 clients, samples, width
             )
-            # only the block below the first step's diagonal block is needed: sample i of
-            # step t against every sample of the steps before (row i - batch, column j < i)
-            later, earlier = flat_inputs[:, batch:], flat_inputs[:, : samples - batch]
-            gram = torch.bmm(later, earlier.transpose(1, 2))
         losses = torch.zeros(clients, steps, dtype=mask.dtype, device=mask.device)
         for step in range(steps):
             done = slice(0, step * batch)
@@ -184,11 +179,11 @@ class LowRankSGD:
                 bias = self.biases.get(f"{name}.bias")
                 if direct and name == first:
                     assert shared is not None
-                    assert gram is not None
                     z = shared[:, now] if bias is None else shared[:, now] + bias.unsqueeze(1)
-                    if step:
-                        rows = slice(now.start - batch, now.stop - batch)
-                        z = z - self.lr * torch.bmm(gram[:, rows, done], history_out[name][:, done])
+                    if step:  # this step's samples against the earlier ones: no copy of either
+                        seen = flat_inputs[:, now]
+                        overlap = torch.bmm(seen, flat_inputs[:, done].transpose(1, 2))
+                        z = z - self.lr * torch.bmm(overlap, history_out[name][:, done])
                     if bias is None and not step:  # a tensor of its own, not a view
                         z = z.clone()
                 else:

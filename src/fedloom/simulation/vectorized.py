@@ -216,7 +216,8 @@ class VectorizedFit:
             dtype=str(torch.empty(0, dtype=dtype).numpy().dtype),
         )
         order = sorted(plans, key=lambda cid: -_steps(plans[cid]))  # similar lengths share a chunk
-        schedules = [_Schedule.of(plans[cid]) for cid in order]
+        generator = torch.Generator()  # reseeded per client: as a fresh one, without the cost
+        schedules = [_Schedule.of(plans[cid], generator) for cid in order]
         starts = [plans[cid].ins.weights for cid in order]
         steps = _steps(plans[order[0]]) if order else 0
         model.train()
@@ -360,14 +361,15 @@ class _Schedule:
     per_epoch: int
 
     @classmethod
-    def of(cls, plan: _Plan) -> _Schedule:
+    def of(cls, plan: _Plan, generator: torch.Generator | None = None) -> _Schedule:
+        """The plan's batches; `generator` (a CPU one) is reseeded and used if given."""
         count, size = len(plan.targets), plan.client.batch_size
         per_epoch = math.ceil(count / size)
-        generator = torch.Generator().manual_seed(plan.seed)
+        generator = (generator or torch.Generator()).manual_seed(plan.seed)
         epochs = max(0, plan.epochs)
         index = torch.zeros(epochs, per_epoch * size, dtype=torch.int64)
         for epoch in range(epochs):  # one draw per epoch, as TorchClient's loop draws them
-            index[epoch, :count] = torch.randperm(count, generator=generator)
+            torch.randperm(count, generator=generator, out=index[epoch, :count])
         counts = torch.full((epochs, per_epoch), size, dtype=torch.int64)
         counts[:, -1] = count - (per_epoch - 1) * size
         return cls(
