@@ -183,7 +183,7 @@ class LowRankSGD:
                     if step:  # this step's samples against the earlier ones: no copy of either
                         seen = flat_inputs[:, now]
                         overlap = torch.bmm(seen, flat_inputs[:, done].transpose(1, 2))
-                        z = z - self.lr * torch.bmm(overlap, history_out[name][:, done])
+                        z = torch.baddbmm(z, overlap, history_out[name][:, done], alpha=-self.lr)
                     if bias is None and not step:  # a tensor of its own, not a view
                         z = z.clone()
                 else:
@@ -195,7 +195,7 @@ class LowRankSGD:
                         z = z + bias.unsqueeze(1)
                     if step:
                         overlap = torch.bmm(seen, history_in[name][:, done].transpose(1, 2))
-                        z = z - self.lr * torch.bmm(overlap, history_out[name][:, done])
+                        z = torch.baddbmm(z, overlap, history_out[name][:, done], alpha=-self.lr)
                 if not z.requires_grad:
                     z.requires_grad_()
                 outputs.append(z)

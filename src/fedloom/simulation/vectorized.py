@@ -82,6 +82,8 @@ class _Plan:
     optimizer: OptimizerRule
     inputs: torch.Tensor
     targets: torch.Tensor
+    count: int
+    """How many training samples (``len(targets)``)."""
     epochs: int
     seed: int
 
@@ -265,9 +267,10 @@ class VectorizedFit:
                 self._memory.recycle(flat, buffer)
             rows = lambda row: Weights.from_flat(spec, flat[row])  # noqa: E731
         step_losses = losses.cpu().numpy().astype(np.float64)
+        mean_losses = _mean_losses(schedules, step_losses)
         results: dict[ClientId, FitRes] = {}
         for row, (client_id, schedule) in enumerate(zip(order, schedules, strict=True)):
-            metrics: dict[str, Scalar] = {"loss": schedule.mean_loss(step_losses[row])}
+            metrics: dict[str, Scalar] = {"loss": mean_losses[row]}
             results[client_id] = FitRes(rows(row), schedule.num_examples, metrics)
         return results
 
@@ -359,11 +362,13 @@ class _Schedule:
     index: torch.Tensor
     counts: torch.Tensor
     per_epoch: int
+    steps: int
+    num_examples: int
 
     @classmethod
     def of(cls, plan: _Plan, generator: torch.Generator | None = None) -> _Schedule:
         """The plan's batches; `generator` (a CPU one) is reseeded and used if given."""
-        count, size = len(plan.targets), plan.client.batch_size
+        count, size = plan.count, plan.client.batch_size
         per_epoch = math.ceil(count / size)
         generator = (generator or torch.Generator()).manual_seed(plan.seed)
         epochs = max(0, plan.epochs)
@@ -378,15 +383,9 @@ class _Schedule:
             index.view(epochs * per_epoch, size),
             counts.view(-1),
             per_epoch,
+            epochs * per_epoch,
+            count,
         )
-
-    @property
-    def steps(self) -> int:
-        return len(self.counts)
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.targets)
 
     def mean_loss(self, losses: np.ndarray) -> float:
         """The last epoch's loss per sample, summed batch by batch as `TorchClient` sums it."""
@@ -398,8 +397,30 @@ class _Schedule:
         return total / self.num_examples
 
 
+def _mean_losses(schedules: Sequence[_Schedule], losses: np.ndarray) -> list[float]:
+    """Every client's `_Schedule.mean_loss` (at once when their epochs have one shape)."""
+    first = schedules[0] if schedules else None
+    if (
+        first is None
+        or not first.steps
+        or any(s.steps != first.steps or s.per_epoch != first.per_epoch for s in schedules)
+    ):
+        return [s.mean_loss(losses[row]) for row, s in enumerate(schedules)]
+    start = max(0, first.steps - first.per_epoch)
+    sizes = np.array([s.index.shape[1] for s in schedules], dtype=np.float64)
+    examples = np.array([s.num_examples for s in schedules], dtype=np.float64)
+    counts = np.empty((len(schedules), first.steps - start), dtype=np.float64)
+    counts[:, :-1] = sizes[:, None]  # full batches, then the epoch's last one
+    counts[:, -1] = examples - (first.per_epoch - 1) * sizes
+    totals = np.zeros(len(schedules), dtype=np.float64)
+    for column in range(counts.shape[1]):  # summed batch by batch, as TorchClient sums it
+        totals += losses[:, start + column] * counts[:, column]
+    means: list[float] = (totals / examples).tolist()
+    return means
+
+
 def _steps(plan: _Plan) -> int:
-    return max(0, plan.epochs) * math.ceil(len(plan.targets) / plan.client.batch_size)
+    return max(0, plan.epochs) * math.ceil(plan.count / plan.client.batch_size)
 
 
 StepFn = Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]
@@ -750,6 +771,7 @@ class _Planner:
             optimizer=rule,
             inputs=inputs,
             targets=targets,
+            count=len(targets),
             epochs=int(ins.config.get("local_epochs", client.local_epochs)),
             seed=int(ins.config.get("seed", 0)),
         )
