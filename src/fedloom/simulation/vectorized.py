@@ -375,13 +375,14 @@ class _Schedule:
         index = torch.zeros(epochs, per_epoch * size, dtype=torch.int64)
         for epoch in range(epochs):  # one draw per epoch, as TorchClient's loop draws them
             torch.randperm(count, generator=generator, out=index[epoch, :count])
-        counts = torch.full((epochs, per_epoch), size, dtype=torch.int64)
-        counts[:, -1] = count - (per_epoch - 1) * size
+        last = count - (per_epoch - 1) * size  # the epoch's last batch
+        per_step = ([size] * (per_epoch - 1) + [last]) * epochs if per_epoch else []
+        counts = torch.tensor(per_step, dtype=torch.int64)
         return cls(
             plan.inputs,
             plan.targets,
             index.view(epochs * per_epoch, size),
-            counts.view(-1),
+            counts,
             per_epoch,
             epochs * per_epoch,
             count,
