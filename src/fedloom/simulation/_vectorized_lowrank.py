@@ -57,6 +57,9 @@ _ELEMENTWISE: tuple[type[nn.Module], ...] = (
 )
 """Parameter-free modules that act on each value alone: a batch of clients' samples is one batch."""
 
+Allocate = Callable[[str, tuple[int, ...], torch.Tensor], torch.Tensor]
+"""``(name, shape, like) -> an uninitialized tensor`` of `like`'s dtype and device."""
+
 ElementLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(outputs [K, B, ...], targets [K, B, ...], mask [K, B]) -> per-client mean loss [K]``."""
 
@@ -94,6 +97,8 @@ class LowRankSGD:
             (what it holds before is ignored).
         start: every parameter's starting value, shared by all clients.
         lr: the learning rate; negative to maximize.
+        allocate: where the factors and temporaries live (default: fresh tensors);
+            memory reused from round to round saves faulting fresh pages in.
     """
 
     def __init__(
@@ -102,11 +107,13 @@ class LowRankSGD:
         biases: dict[str, torch.Tensor],
         start: dict[str, torch.Tensor],
         lr: float,
+        allocate: Allocate | None = None,
     ) -> None:
         self.layers = layers
         self.biases = biases
         self.start = start
         self.lr = lr
+        self._allocate: Allocate = allocate or (lambda _, shape, like: like.new_empty(shape))
         self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         """Per linear layer's weight name: ``(dZ, A)``, ``[clients, samples, out / in]``."""
 
@@ -150,17 +157,23 @@ class LowRankSGD:
         )
         history_in: dict[str, torch.Tensor] = {}
         history_out: dict[str, torch.Tensor] = {}
-        for name, layer in linear:
-            history_out[name] = flat_inputs.new_zeros(clients, samples, layer.out_features)
+        allocate = self._allocate
+        for name, layer in linear:  # every step writes its samples' rows before they are read
+            shape = (clients, samples, layer.out_features)
+            history_out[name] = allocate(f"gradients.{name}", shape, flat_inputs)
             if direct and name == first:
                 history_in[name] = flat_inputs  # the data itself: nothing to copy
             else:
-                history_in[name] = flat_inputs.new_empty(clients, samples, layer.in_features)
+                shape = (clients, samples, layer.in_features)
+                history_in[name] = allocate(f"inputs.{name}", shape, flat_inputs)
         shared = None
         if direct:
             features, width = sizes[first]
-            shared = (flat_inputs.view(clients * samples, features) @ start[first].T).view(
-                clients, samples, width
+            shared = allocate("shared", (clients, samples, width), flat_inputs)
+            torch.mm(
+                flat_inputs.view(clients * samples, features),
+                start[first].T,
+                out=shared.view(clients * samples, width),
             )
         losses = torch.zeros(clients, steps, dtype=mask.dtype, device=mask.device)
         for step in range(steps):
@@ -231,8 +244,11 @@ class LowRankSGD:
         if rows is not None:
             gradients, seen = gradients[rows], seen[rows]
         clients, samples, width = gradients.shape
-        weighted = gradients * (scales * -self.lr).view(clients, 1, 1)
         flat_seen = seen.reshape(clients * samples, seen.shape[-1])
+        if bool((scales == scales[0]).all()):  # equal weights (equal sizes, Mean): no temporary
+            summed = gradients.view(clients * samples, width).T @ flat_seen
+            return summed.mul_(scales[0] * -self.lr)
+        weighted = gradients * (scales * -self.lr).view(clients, 1, 1)
         return weighted.view(clients * samples, width).T @ flat_seen
 
     def delta_bounds(self) -> torch.Tensor:
@@ -245,12 +261,14 @@ class LowRankSGD:
         bound: torch.Tensor | None = None
         for gradients, seen in self.factors.values():
             clients, samples, _ = gradients.shape
-            largest_gradient = gradients.abs().amax(dim=(1, 2)).double()
+            flat = gradients.view(clients, -1)  # max |x| as max(max x, -min x): no |x| temporary
+            largest_gradient = torch.maximum(flat.amax(1), -flat.amin(1)).double()
             if seen.numel() > 1 << 20:  # the data: one pass for all clients
                 low, high = torch.aminmax(seen)
                 largest_seen = torch.maximum(low.abs(), high.abs()).double().expand(clients)
             else:
-                largest_seen = seen.abs().amax(dim=(1, 2)).double()
+                flat = seen.reshape(clients, -1)
+                largest_seen = torch.maximum(flat.amax(1), -flat.amin(1)).double()
             layer = abs(self.lr) * samples * largest_gradient * largest_seen
             bound = layer if bound is None else torch.maximum(bound, layer)
         assert bound is not None

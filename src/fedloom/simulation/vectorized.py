@@ -238,10 +238,21 @@ class VectorizedFit:
                 for name in names
                 if name.endswith(".bias")  # the low-rank form's layers are nn.Linear
             }
-            trainer = LowRankSGD(layers, biases, initial, lr)
+            memory = self._memory
+            held: list[str] = ["inputs"]  # the factors view the stacked inputs
+
+            def allocate(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+                if like.device.type != "cpu":
+                    return like.new_empty(shape)
+                if name != "shared":  # a factor: kept while the results live
+                    held.append(name)
+                return memory.scratch(f"low-rank.{name}", shape, like.dtype)
+
+            trainer = LowRankSGD(layers, biases, initial, lr, allocate)
             losses = trainer.train(inputs, targets, mask, loss_fn.batched)
-            block = _LowRankRows(trainer, spec, starts[0].flat, self._memory)
-            self._memory.hold("inputs", block)  # the factors view the stacked inputs
+            block = _LowRankRows(trainer, spec, starts[0].flat, memory)
+            for name in held:
+                memory.hold(name if name == "inputs" else f"low-rank.{name}", block)
             rows: Callable[[int], Weights] = lambda row: DeferredWeights(spec, block, row)  # noqa: E731
         else:
             buffer = self._memory.result((len(order), spec.size), dtype, self.device)
