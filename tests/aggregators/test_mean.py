@@ -17,6 +17,8 @@ from fedloom.aggregators import (
     Mean,
     WeightedMean,
 )
+from fedloom.core import VectorSpec
+from fedloom.core.weights import DeferredWeights
 from fedloom.errors import AggregationError, NotEnoughResults
 from generators import FAST, finite_vectors, positive_weights, stacks, stacks_with_weights
 
@@ -454,3 +456,58 @@ def test_mean_fold_add_difference_with_different_bases_and_plain_adds_mixed() ->
     # (2 (n0 - base) + 1 (n1 - other) + 1 n2) / (2 + 1 + 1)
     expected = (2 * (new[0] - base) + (new[1] - other) + new[2]) / 4
     np.testing.assert_allclose(fold.result(), expected, rtol=1e-12, atol=1e-12)
+
+
+class _Rows:
+    """A DeferredRows over a plain array (rows computed on request)."""
+
+    def __init__(self, rows: Array) -> None:
+        self._rows = rows
+        self.summed = 0
+
+    def rows(self) -> Array:
+        return self._rows
+
+    def finite(self, row: int) -> bool:
+        return True
+
+    def weighted_difference(self, rows: list[int], scales: list[float], base: Array) -> Array:
+        self.summed += 1
+        return np.asarray(
+            sum(s * (self._rows[r] - base) for r, s in zip(rows, scales, strict=True)),
+            dtype=self._rows.dtype,
+        )
+
+
+@pytest.mark.parametrize("aggregator", MEAN_FAMILY, ids=lambda a: type(a).__name__)
+def test_mean_fold_sums_deferred_rows_at_once_and_mixes_them_with_computed_results(
+    aggregator: Aggregator,
+) -> None:
+    """Rows of a block fold in one call per block; computed results and others fold as before."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(6).astype(np.float32)
+    block = _Rows(rng.standard_normal((4, 6)).astype(np.float32))
+    spec = VectorSpec(names=("v",), shapes=((6,),), dtype="float32")
+    other = rng.standard_normal(6).astype(np.float32)
+    read = DeferredWeights(spec, block, 3)
+    read.flat  # computed: folds as a plain vector  # noqa: B018
+    fold = aggregator.fold(6, np.float32)
+    fold.add_deferred(DeferredWeights(spec, block, 2), base, 3.0)  # type: ignore[attr-defined]
+    fold.add_difference(other, base, 1.0)  # type: ignore[attr-defined]
+    fold.add_deferred(DeferredWeights(spec, block, 0), base, 2.0)  # type: ignore[attr-defined]
+    fold.add_deferred(read, base, 4.0)  # type: ignore[attr-defined]
+
+    updates = [block.rows()[2], other, block.rows()[0], block.rows()[3]]
+    weights = np.array([3.0, 1.0, 2.0, 4.0])
+    expected = aggregator.aggregate(np.stack(updates) - base, weights)
+    np.testing.assert_allclose(fold.result(), expected, rtol=1e-5, atol=1e-6)
+    assert fold.count == 4
+    assert block.summed == 1
+
+
+def test_mean_fold_rejects_a_deferred_row_of_another_length() -> None:
+    spec = VectorSpec(names=("v",), shapes=((3,),), dtype="float32")
+    fold = WeightedMean().fold(6, np.float32)
+    row = DeferredWeights(spec, _Rows(np.zeros((1, 3), dtype=np.float32)), 0)
+    with pytest.raises(AggregationError, match="sizes 3 and 6 cannot join a fold of length 6"):
+        fold.add_deferred(row, np.zeros(6, dtype=np.float32), 1.0)  # type: ignore[attr-defined]

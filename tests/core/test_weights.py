@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
 from fedloom.core import VectorSpec, Weights
+from fedloom.core.weights import DeferredWeights
 from fedloom.errors import ConfigError, InvalidResult, ShapeMismatch
 from generators import FAST, finite_floats
 
@@ -367,3 +368,68 @@ def test_weights_repr_shows_names_shapes_and_dtype() -> None:
     text = repr(weights)
 
     assert text == "Weights({w: shape (2, 3) float32, b: shape (3,) float32})"
+
+
+class _Block:
+    """A DeferredRows over a plain array, counting how often its rows were computed."""
+
+    def __init__(self, rows: np.ndarray, *, proven: bool) -> None:
+        self._rows = rows
+        self.proven = proven
+        self.computed = 0
+
+    def rows(self) -> np.ndarray:
+        self.computed += 1
+        return self._rows
+
+    def finite(self, row: int) -> bool:
+        return self.proven
+
+    def weighted_difference(
+        self, rows: Sequence[int], scales: Sequence[float], base: np.ndarray
+    ) -> np.ndarray:
+        return np.asarray(
+            sum(s * (self._rows[r] - base) for r, s in zip(rows, scales, strict=True)),
+            dtype=self._rows.dtype,
+        )
+
+
+_SPEC = VectorSpec(names=("w", "b"), shapes=((2, 2), (1,)), dtype="float32")
+
+
+def test_deferred_weights_compute_their_row_when_read_and_then_drop_the_block() -> None:
+    block = _Block(np.arange(10, dtype=np.float32).reshape(2, 5), proven=True)
+    weights = DeferredWeights(_SPEC, block, 1)
+
+    assert list(weights) == ["w", "b"]
+    assert weights.nbytes == 20
+    assert block.computed == 0
+    assert weights.pending == (block, 1)
+    assert weights["w"].tolist() == [[5.0, 6.0], [7.0, 8.0]]
+    assert weights.flat.tolist() == [5.0, 6.0, 7.0, 8.0, 9.0]
+    assert not weights.flat.flags.writeable
+    assert weights.pending is None
+    assert block.computed == 1
+    assert weights.equals(Weights.from_flat(_SPEC, np.arange(5, 10, dtype=np.float32)))
+
+
+def test_conform_trusts_a_block_that_proves_its_row_finite_without_computing_it() -> None:
+    block = _Block(np.zeros((1, 5), dtype=np.float32), proven=True)
+    model = Weights.from_flat(_SPEC, np.zeros(5, dtype=np.float32))
+
+    checked = model.conform(DeferredWeights(_SPEC, block, 0), client_id="c")
+
+    assert block.computed == 0
+    assert isinstance(checked, DeferredWeights)
+
+
+def test_conform_computes_and_rejects_a_deferred_row_that_is_not_proven_finite() -> None:
+    rows = np.zeros((2, 5), dtype=np.float32)
+    rows[1, 4] = np.inf
+    block = _Block(rows, proven=False)
+    model = Weights.from_flat(_SPEC, np.zeros(5, dtype=np.float32))
+
+    model.conform(DeferredWeights(_SPEC, block, 0), client_id="a")  # finite: accepted
+    with pytest.raises(InvalidResult, match="client 'b' returned tensor 'b' with 1 NaN or Inf"):
+        model.conform(DeferredWeights(_SPEC, block, 1), client_id="b")
+    assert block.computed == 2

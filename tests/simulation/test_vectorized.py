@@ -22,6 +22,7 @@ from fedloom import ClientContext
 from fedloom.client import FunctionClient, TorchClient
 from fedloom.core import ClientId, Failure, FitIns, FitRes, Weights
 from fedloom.data import Dirichlet
+from fedloom.errors import InvalidResult
 from fedloom.simulation.vectorized import VectorizedFit
 from fedloom.strategies import fedavg
 
@@ -491,3 +492,71 @@ def test_vectorized_fit_never_reuses_memory_that_results_still_hold() -> None:
 
     for client_id, result in kept.items():
         np.testing.assert_array_equal(result.weights.flat, copies[client_id])  # type: ignore[union-attr]
+
+
+def test_low_rank_results_are_deferred_and_the_block_sums_them_as_their_values_do() -> None:
+    """Plain SGD from one start: results are computed only when read; their weighted sum is not."""
+    batched, alone = _fit_both(OPTIMIZERS["sgd"], sizes=(40, 23, 7, 12))
+    pending = [r.weights.pending for r in batched.values()]  # type: ignore[union-attr]
+    assert all(p is not None for p in pending)
+    block = pending[0][0]  # type: ignore[index]
+    assert all(p[0] is block for p in pending)  # type: ignore[index]
+    rows = [p[1] for p in pending]  # type: ignore[index]
+    assert all(block.finite(row) for row in rows)
+    base = next(iter(alone.values())).weights.flat * 0.5  # type: ignore[union-attr]
+    values = {cid: r.weights.flat for cid, r in alone.items()}  # type: ignore[union-attr]
+    ids = list(values)
+
+    for chosen, scales in (
+        ([0, 1, 2, 3], [40.0, 23.0, 7.0, 12.0]),  # every row, in the block's order or not
+        ([2, 0], [1.0, 2.0]),  # some rows
+        ([1, 1], [1.0, 1.0]),  # a row twice
+    ):
+        expected = sum(s * (values[ids[c]] - base) for c, s in zip(chosen, scales, strict=True))
+        got = block.weighted_difference([rows[c] for c in chosen], scales, base)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=5e-5)
+
+    _assert_same(batched, alone)  # reading them computes them
+
+
+def test_unread_low_rank_results_stay_correct_while_later_rounds_run() -> None:
+    """Deferred results view the round's stacked batches: later rounds must not overwrite them."""
+    data = [_data(12, seed=k) for k in range(3)]
+    engine = VectorizedFit()
+
+    def round_of(seed: int) -> tuple[dict[ClientId, FitRes | Failure], dict[ClientId, FitRes]]:
+        jobs, alone = {}, {}
+        start = _client(data[0], OPTIMIZERS["sgd"]).get_weights()  # one start: low-rank path
+        for k, part in enumerate(data):
+            client = _client(part, OPTIMIZERS["sgd"])
+            ins = FitIns(weights=start, config={"seed": seed})
+            jobs[str(k)] = (client, ins)
+            alone[str(k)] = _client(part, OPTIMIZERS["sgd"]).fit(ins.weights, ins.config)
+        return engine.fit(jobs), alone
+
+    kept, expected = round_of(1)
+    for seed in (2, 3, 4):
+        round_of(seed)
+
+    assert all(r.weights.pending is not None for r in kept.values())  # type: ignore[union-attr]
+    _assert_same(kept, expected)
+
+
+def test_a_low_rank_result_that_overflows_is_not_proven_finite_and_is_rejected() -> None:
+    """A client whose data holds a huge value: its row is computed, checked and refused."""
+    good = _data(12, seed=1)
+    bad_inputs = good[0].clone()
+    bad_inputs[3, 2] = 1e36
+    engine = VectorizedFit()
+    start = _client(good, OPTIMIZERS["sgd"]).get_weights()
+    jobs = {}
+    for client_id, part in (("good", good), ("bad", (bad_inputs, good[1]))):
+        client = _client(part, OPTIMIZERS["sgd"])
+        jobs[client_id] = (client, FitIns(weights=start, config={"seed": 1}))
+
+    results = engine.fit(jobs)
+
+    checked = start.conform(results["good"].weights, client_id="good")  # type: ignore[union-attr]
+    assert checked.pending is not None  # type: ignore[attr-defined]  # proven without computing
+    with pytest.raises(InvalidResult, match=r"client 'bad' returned tensor .* NaN or Inf"):
+        start.conform(results["bad"].weights, client_id="bad")  # type: ignore[union-attr]

@@ -18,6 +18,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from fedloom.aggregators.base import Aggregator, Fold
 from fedloom.core import Vector
+from fedloom.core.weights import DeferredRows, DeferredWeights
 from fedloom.errors import AggregationError
 
 __all__ = ["Mean", "WeightedMean"]
@@ -71,6 +72,9 @@ class _MeanFold:
         self._done = False
         self._base: Vector | None = None  # the vector subtracted from add_difference results
         self._base_weight = 0.0
+        # deferred results by (block, base): their rows and scales, summed at once in result()
+        self._deferred: dict[tuple[int, int], tuple[DeferredRows, Vector, list[int], list[float]]]
+        self._deferred = {}
 
     @property
     def count(self) -> int:
@@ -122,6 +126,34 @@ class _MeanFold:
         self._total += scale
         self._count += 1
 
+    def add_deferred(self, new: DeferredWeights, base: Vector, weight: float) -> None:
+        """Fold in ``new - base`` where `new` may not be computed yet.
+
+        Results that are rows of one `DeferredRows` block are kept as (row,
+        scale) and summed by the block at once in `result` (one product of
+        its factors instead of a vector per result); computed ones are folded
+        as `add_difference` folds them.
+        """
+        pending = new.pending
+        if pending is None:
+            self.add_difference(new.flat, base, weight)
+            return
+        if self._done:
+            raise AggregationError("this fold's result() was already taken; start a new fold.")
+        if new.spec.size != self._sum.size or base.shape != self._sum.shape:
+            raise AggregationError(
+                f"vectors of sizes {new.spec.size} and {base.size} cannot join a fold of length "
+                f"{self._sum.size}; both must be 1-D vectors of the model's size."
+            )
+        _check_weight(float(weight))
+        scale = float(weight) if self._weighted else 1.0
+        block, row = pending
+        entry = self._deferred.setdefault((id(block), id(base)), (block, base, [], []))
+        entry[2].append(row)
+        entry[3].append(scale)
+        self._total += scale
+        self._count += 1
+
     def _add_scaled(
         self, vector: Vector, scale: float, start: int = 0, stop: int | None = None
     ) -> None:
@@ -144,6 +176,10 @@ class _MeanFold:
             )
         if self._base is not None and self._base_weight:
             self._axpy(self._base, self._sum, -self._base_weight)
+        for block, base, rows, scales in self._deferred.values():
+            summed = block.weighted_difference(rows, scales, base)
+            self._sum += summed.astype(self._dtype, copy=False)
+        self._deferred.clear()  # the blocks (and what they hold) may go now
         self._sum *= self._dtype.type(1.0 / self._total)
         self._done = True
         return self._sum

@@ -457,10 +457,18 @@ def _describe_optimizer(optimizer: torch.optim.Optimizer) -> OptimizerChoice:
 
 def _placed(model: nn.Module, device: torch.device) -> bool:
     """True when every tensor of `model` is on `device` already (``model.to`` would do nothing)."""
-    for module in model.modules():  # one walk over the modules, not one per kind of tensor
+    # a plain walk over the module tree: named_modules' prefixes cost more than the check
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
         for tensor in (*module._parameters.values(), *module._buffers.values()):
             if tensor is not None and tensor.device != device:
                 return False
+        stack.extend(child for child in module._modules.values() if child is not None)
     return True
 
 

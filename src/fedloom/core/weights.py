@@ -12,14 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fedloom.errors import ConfigError, InvalidResult, ShapeMismatch
 
-__all__ = ["Vector", "VectorSpec", "Weights", "WeightsLike"]
+__all__ = ["DeferredRows", "DeferredWeights", "Vector", "VectorSpec", "Weights", "WeightsLike"]
 
 Vector: TypeAlias = NDArray[np.floating]
 """A 1-D float array: the only thing strategies and aggregators see."""
@@ -174,7 +174,7 @@ class Weights(Mapping[str, NDArray[np.floating]]):
 
     def equals(self, other: Weights) -> bool:
         """True when `other` has the same layout and equal values (NaN never equals)."""
-        return self._spec == other._spec and bool(np.array_equal(self._flat, other._flat))
+        return self._spec == other.spec and bool(np.array_equal(self.flat, other.flat))
 
     def conform(self, value: WeightsLike, *, client_id: str) -> Weights:
         """Check that `value` has exactly this layout and finite values, and return it as Weights.
@@ -231,7 +231,104 @@ class Weights(Mapping[str, NDArray[np.floating]]):
         return _require_finite(Weights.from_flat(spec, flat), client_id)
 
 
+class DeferredRows(Protocol):
+    """Many results' weights kept in a compact form (e.g. factors), computed only when read.
+
+    Row ``i`` is the flat vector of one result. An engine that trains many
+    clients at once can hand out `DeferredWeights` over such a block: a server
+    that only checks and averages the results (FedAvg) then asks the block for
+    the weighted sum at once (`weighted_difference`) and never writes the rows
+    one by one; anything that reads a result's values gets them computed.
+    """
+
+    def rows(self) -> NDArray[np.floating]:
+        """Every row, ``[count, size]``, computed on the first call (later calls return it)."""
+        ...
+
+    def finite(self, row: int) -> bool:
+        """True when row `row` is proven to hold only finite values without computing it.
+
+        False means "not proven": the caller computes the row and checks it.
+        """
+        ...
+
+    def weighted_difference(
+        self, rows: Sequence[int], scales: Sequence[float], base: Vector
+    ) -> Vector:
+        """``sum_i scales[i] * (row(rows[i]) - base)``, a new vector of the rows' dtype."""
+        ...
+
+
+class DeferredWeights(Weights):
+    """Row `row` of a `DeferredRows` block, as `Weights` whose values are computed when read.
+
+    Reading anything that holds values (``flat``, a tensor, `arrays`, `equals`)
+    computes the whole block once and views its row; the layout (`spec`, names,
+    ``len``) is known before. `pending` is the block and row while nothing was
+    read, which lets a streaming mean fold the block at once.
+
+    Args:
+        spec: the layout of every row.
+        block: the rows.
+        row: which row these weights are.
+    """
+
+    __slots__ = ("_block", "_row")
+
+    def __init__(self, spec: VectorSpec, block: DeferredRows, row: int) -> None:
+        self._spec = spec
+        self._block: DeferredRows | None = block
+        self._row = row
+
+    @property
+    def pending(self) -> tuple[DeferredRows, int] | None:
+        """``(block, row)`` while the values were not computed yet, else None."""
+        return None if self._block is None else (self._block, self._row)
+
+    def _compute(self) -> None:
+        block = self._block
+        if block is not None:
+            rows = block.rows()
+            if rows.shape[1:] != (self._spec.size,) or np.dtype(rows.dtype) != np.dtype(
+                self._spec.dtype
+            ):
+                raise ShapeMismatch(
+                    f"a deferred block of rows {rows.shape[1:]} {rows.dtype} does not fit the "
+                    f"layout of its weights ({self._spec.size} values, {self._spec.dtype})."
+                )
+            self._init(self._spec, rows[self._row])
+            self._block = None  # the values are here now: the block may go
+
+    @property
+    def flat(self) -> Vector:
+        """The read-only flat vector, computed on first access."""
+        self._compute()
+        return self._flat
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the flat buffer."""
+        return self._spec.nbytes
+
+    def __getitem__(self, name: str) -> NDArray[np.floating]:
+        self._compute()
+        return self._views[name]
+
+    def arrays(self) -> list[NDArray[np.floating]]:
+        """The tensors in spec order, as writable copies (for loading into a model)."""
+        self._compute()
+        return super().arrays()
+
+    def equals(self, other: Weights) -> bool:
+        """True when `other` has the same layout and equal values (NaN never equals)."""
+        self._compute()
+        return super().equals(other)
+
+
 def _require_finite(weights: Weights, client_id: str) -> Weights:
+    pending = weights.pending if isinstance(weights, DeferredWeights) else None
+    if pending is not None and pending[0].finite(pending[1]):
+        return weights  # proven finite without computing the values
     flat = weights.flat
     step = 1 << 20  # a chunk at a time: no model-sized boolean array
     if all(np.isfinite(flat[i : i + step]).all() for i in range(0, flat.size, step)):

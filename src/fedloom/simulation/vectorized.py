@@ -37,6 +37,7 @@ from fedloom.client.torch import TorchClient
 from fedloom.core import ClientId, Failure, FitIns, FitRes, Scalar, VectorSpec, Weights
 from fedloom.core.dispatch import run_task
 from fedloom.core.protocols import Client
+from fedloom.core.weights import DeferredWeights
 from fedloom.errors import ConfigError
 from fedloom.simulation._vectorized_lowrank import LowRankSGD, low_rank_layers
 
@@ -81,6 +82,8 @@ class _Plan:
     optimizer: OptimizerRule
     inputs: torch.Tensor
     targets: torch.Tensor
+    count: int
+    """How many training samples (``len(targets)``)."""
     epochs: int
     seed: int
 
@@ -215,11 +218,10 @@ class VectorizedFit:
             dtype=str(torch.empty(0, dtype=dtype).numpy().dtype),
         )
         order = sorted(plans, key=lambda cid: -_steps(plans[cid]))  # similar lengths share a chunk
-        schedules = [_Schedule.of(plans[cid]) for cid in order]
-        buffer = self._memory.result((len(order), spec.size), dtype, self.device)
+        generator = torch.Generator()  # reseeded per client: as a fresh one, without the cost
+        schedules = [_Schedule.of(plans[cid], generator) for cid in order]
         starts = [plans[cid].ins.weights for cid in order]
         steps = _steps(plans[order[0]]) if order else 0
-        losses = torch.zeros(len(order), steps, dtype=dtype, device=self.device)
         model.train()
         layers = _low_rank(model, first.optimizer, starts)
         if layers is not None and steps:
@@ -231,9 +233,30 @@ class VectorizedFit:
                 name: torch.from_numpy(starts[0][name].copy()).to(self.device, dtype)
                 for name in names
             }
-            trainer = LowRankSGD(layers, _views(buffer, spec), initial, lr)
+            biases = {
+                name: initial[name].expand(len(order), *initial[name].shape).clone()
+                for name in names
+                if name.endswith(".bias")  # the low-rank form's layers are nn.Linear
+            }
+            memory = self._memory
+            held: list[str] = ["inputs"]  # the factors view the stacked inputs
+
+            def allocate(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+                if like.device.type != "cpu":
+                    return like.new_empty(shape)
+                if name != "shared":  # a factor: kept while the results live
+                    held.append(name)
+                return memory.scratch(f"low-rank.{name}", shape, like.dtype)
+
+            trainer = LowRankSGD(layers, biases, initial, lr, allocate)
             losses = trainer.train(inputs, targets, mask, loss_fn.batched)
+            block = _LowRankRows(trainer, spec, starts[0].flat, memory)
+            for name in held:
+                memory.hold(name if name == "inputs" else f"low-rank.{name}", block)
+            rows: Callable[[int], Weights] = lambda row: DeferredWeights(spec, block, row)  # noqa: E731
         else:
+            buffer = self._memory.result((len(order), spec.size), dtype, self.device)
+            losses = torch.zeros(len(order), steps, dtype=dtype, device=self.device)
             _load_rows(buffer, starts, spec)
             step = _batched_step(model, loss_fn)
             trainable = [name for name in names if parameters[name].requires_grad]
@@ -250,16 +273,91 @@ class VectorizedFit:
                     self._memory,
                 )
                 losses[start : start + len(part), : done.shape[1]] = done
-        flat = buffer.cpu().numpy()
-        if buffer.device.type == "cpu":
-            self._memory.recycle(flat, buffer)
+            flat = buffer.cpu().numpy()
+            if buffer.device.type == "cpu":
+                self._memory.recycle(flat, buffer)
+            rows = lambda row: Weights.from_flat(spec, flat[row])  # noqa: E731
         step_losses = losses.cpu().numpy().astype(np.float64)
+        mean_losses = _mean_losses(schedules, step_losses)
         results: dict[ClientId, FitRes] = {}
         for row, (client_id, schedule) in enumerate(zip(order, schedules, strict=True)):
-            metrics: dict[str, Scalar] = {"loss": schedule.mean_loss(step_losses[row])}
-            weights = Weights.from_flat(spec, flat[row])
-            results[client_id] = FitRes(weights, schedule.num_examples, metrics)
+            metrics: dict[str, Scalar] = {"loss": mean_losses[row]}
+            results[client_id] = FitRes(rows(row), schedule.num_examples, metrics)
         return results
+
+
+class _LowRankRows:
+    """The results of a low-rank round as factors: a `DeferredRows` block (see LowRankSGD).
+
+    The rows (every client's weights) are written only when one is read; the
+    server's weighted mean is one product of the stacked factors; a row is
+    proven finite from a bound on its factors.
+    """
+
+    def __init__(
+        self, trainer: LowRankSGD, spec: VectorSpec, start: np.ndarray, memory: _Memory
+    ) -> None:
+        self._trainer = trainer
+        self._spec = spec
+        self._start = start
+        self._memory = memory
+        self._rows: np.ndarray | None = None
+        self._finite: list[bool] | None = None
+        self._count = len(next(iter(trainer.factors.values()))[0])
+
+    def rows(self) -> np.ndarray:
+        if self._rows is None:
+            first = next(iter(self._trainer.factors.values()))[0]
+            buffer = self._memory.result((self._count, self._spec.size), first.dtype, first.device)
+            views = _views(buffer, self._spec)
+            for name, bias in self._trainer.biases.items():
+                views[name].copy_(bias)
+            self._trainer.write_weights(views)
+            flat = buffer.cpu().numpy()
+            if buffer.device.type == "cpu":
+                self._memory.recycle(flat, buffer)
+            self._rows = flat
+        return self._rows
+
+    def finite(self, row: int) -> bool:
+        if self._finite is None:
+            dtype = next(iter(self._trainer.factors.values()))[0].dtype
+            largest = float(np.abs(self._start).max()) if self._start.size else 0.0
+            bound = self._trainer.delta_bounds() + largest
+            proven = bound < torch.finfo(dtype).max / 16  # NaN compares False
+            for bias in self._trainer.biases.values():
+                proven &= torch.isfinite(bias).flatten(1).all(1).cpu()
+            self._finite = proven.cpu().tolist()
+        return self._finite[row]
+
+    def weighted_difference(
+        self, rows: Sequence[int], scales: Sequence[float], base: np.ndarray
+    ) -> np.ndarray:
+        factors = self._trainer.factors
+        first = next(iter(factors.values()))[0]
+        index: torch.Tensor | None = None
+        if len(rows) == self._count and len(set(rows)) == self._count:  # every row once
+            scale = torch.zeros(self._count, dtype=first.dtype)
+            scale[torch.tensor(rows)] = torch.tensor(scales, dtype=first.dtype)
+        else:
+            index = torch.tensor(rows, device=first.device)
+            scale = torch.tensor(scales, dtype=first.dtype)
+        scale = scale.to(first.device)
+        total = float(sum(scales))
+        out: np.ndarray = (self._start - base) * self._start.dtype.type(total)
+        offset = 0
+        for name, size in zip(self._spec.names, self._spec.sizes, strict=True):
+            part = out[offset : offset + size]
+            if name in factors:
+                delta = self._trainer.weighted_delta(name, scale, index)
+                part += delta.cpu().numpy().reshape(-1)
+            else:  # a bias, kept whole per client: sum_k s_k (b_k - base)
+                bias = self._trainer.biases[name]
+                chosen = bias if index is None else bias[index]
+                summed = (scale @ chosen.reshape(len(scale), -1)).cpu().numpy()
+                part[...] = summed - base[offset : offset + size] * base.dtype.type(total)
+            offset += size
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,33 +373,31 @@ class _Schedule:
     index: torch.Tensor
     counts: torch.Tensor
     per_epoch: int
+    steps: int
+    num_examples: int
 
     @classmethod
-    def of(cls, plan: _Plan) -> _Schedule:
-        count, size = len(plan.targets), plan.client.batch_size
+    def of(cls, plan: _Plan, generator: torch.Generator | None = None) -> _Schedule:
+        """The plan's batches; `generator` (a CPU one) is reseeded and used if given."""
+        count, size = plan.count, plan.client.batch_size
         per_epoch = math.ceil(count / size)
-        generator = torch.Generator().manual_seed(plan.seed)
+        generator = (generator or torch.Generator()).manual_seed(plan.seed)
         epochs = max(0, plan.epochs)
         index = torch.zeros(epochs, per_epoch * size, dtype=torch.int64)
         for epoch in range(epochs):  # one draw per epoch, as TorchClient's loop draws them
-            index[epoch, :count] = torch.randperm(count, generator=generator)
-        counts = torch.full((epochs, per_epoch), size, dtype=torch.int64)
-        counts[:, -1] = count - (per_epoch - 1) * size
+            torch.randperm(count, generator=generator, out=index[epoch, :count])
+        last = count - (per_epoch - 1) * size  # the epoch's last batch
+        per_step = ([size] * (per_epoch - 1) + [last]) * epochs if per_epoch else []
+        counts = torch.tensor(per_step, dtype=torch.int64)
         return cls(
             plan.inputs,
             plan.targets,
             index.view(epochs * per_epoch, size),
-            counts.view(-1),
+            counts,
             per_epoch,
+            epochs * per_epoch,
+            count,
         )
-
-    @property
-    def steps(self) -> int:
-        return len(self.counts)
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.targets)
 
     def mean_loss(self, losses: np.ndarray) -> float:
         """The last epoch's loss per sample, summed batch by batch as `TorchClient` sums it."""
@@ -313,8 +409,30 @@ class _Schedule:
         return total / self.num_examples
 
 
+def _mean_losses(schedules: Sequence[_Schedule], losses: np.ndarray) -> list[float]:
+    """Every client's `_Schedule.mean_loss` (at once when their epochs have one shape)."""
+    first = schedules[0] if schedules else None
+    if (
+        first is None
+        or not first.steps
+        or any(s.steps != first.steps or s.per_epoch != first.per_epoch for s in schedules)
+    ):
+        return [s.mean_loss(losses[row]) for row, s in enumerate(schedules)]
+    start = max(0, first.steps - first.per_epoch)
+    sizes = np.array([s.index.shape[1] for s in schedules], dtype=np.float64)
+    examples = np.array([s.num_examples for s in schedules], dtype=np.float64)
+    counts = np.empty((len(schedules), first.steps - start), dtype=np.float64)
+    counts[:, :-1] = sizes[:, None]  # full batches, then the epoch's last one
+    counts[:, -1] = examples - (first.per_epoch - 1) * sizes
+    totals = np.zeros(len(schedules), dtype=np.float64)
+    for column in range(counts.shape[1]):  # summed batch by batch, as TorchClient sums it
+        totals += losses[:, start + column] * counts[:, column]
+    means: list[float] = (totals / examples).tolist()
+    return means
+
+
 def _steps(plan: _Plan) -> int:
-    return max(0, plan.epochs) * math.ceil(len(plan.targets) / plan.client.batch_size)
+    return max(0, plan.epochs) * math.ceil(plan.count / plan.client.batch_size)
 
 
 StepFn = Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]
@@ -500,6 +618,17 @@ class _Memory:
         """Take `buffer` back once `array` (its numpy view) is garbage collected."""
         weakref.finalize(array, self._file, buffer)
 
+    def hold(self, name: str, owner: object) -> None:
+        """Keep scratch `name` out of reuse while `owner` (which views it) lives."""
+        tensor = self._scratch.pop(name, None)
+        if tensor is not None:
+            weakref.finalize(owner, self._give_back, name, tensor)
+
+    def _give_back(self, name: str, tensor: torch.Tensor) -> None:
+        kept = self._scratch.get(name)
+        if kept is None or kept.numel() < tensor.numel():
+            self._scratch[name] = tensor
+
     def _file(self, buffer: torch.Tensor) -> None:
         if len(self._free) < self._KEEP:
             self._free.append(buffer)
@@ -654,6 +783,7 @@ class _Planner:
             optimizer=rule,
             inputs=inputs,
             targets=targets,
+            count=len(targets),
             epochs=int(ins.config.get("local_epochs", client.local_epochs)),
             seed=int(ins.config.get("seed", 0)),
         )

@@ -24,6 +24,7 @@ from fedloom.core import (
     Weights,
     weighted_average,
 )
+from fedloom.core.weights import DeferredWeights
 from fedloom.errors import ConfigError, NotEnoughResults
 from fedloom.privacy import ACCOUNTING_METRICS, CentralDP, DPFold, PrivacyState
 from fedloom.secagg import SecAggPlus
@@ -239,11 +240,16 @@ class Strategy:
         client_metrics: list[tuple[int, Metrics]] = []
         # a fold that subtracts on the fly saves an O(model) temporary per result
         add_difference = getattr(fold, "add_difference", None)
+        # one that takes results not computed yet sums a block of them at once (vectorized engine)
+        add_deferred = getattr(fold, "add_deferred", None)
         for result in results:
             base = params if result.base is None else result.base.flat
             weight = float(result.num_examples)
             if add_difference is not None and not rounds and isinstance(self.schedule, Sync):
-                add_difference(result.weights.flat, base, weight)
+                if add_deferred is not None and isinstance(result.weights, DeferredWeights):
+                    add_deferred(result.weights, base, weight)
+                else:
+                    add_difference(result.weights.flat, base, weight)
             else:
                 update: Vector = result.weights.flat - base
                 if isinstance(self.schedule, Buffered):
