@@ -18,10 +18,13 @@ from fedloom.launching import launch_env
 # Rank 0 serves 3 rounds to the two clients; clients 1 and 2 pull x toward 1 and 3, so
 # x_n = 2 * (1 - 0.5**n) and the central loss |x_n - 2| is 2 * 0.5**n (0.25 at round 3).
 # Rank 1 leaves a sleeping child in its process group, which the launcher must stop.
-# With the argument "fail", rank 2 exits at once with status 3.
+# With the argument "fail", rank 2 exits with status 3 as soon as rank 1's child is running
+# (so the launcher has that child to stop, however slowly rank 1 started).
 SCRIPT = """
+import pathlib
 import subprocess
 import sys
+import time
 
 from fedloom import connect, serve
 from fedloom.client import FunctionClient
@@ -33,7 +36,11 @@ env = launch_env()
 if env.rank == 1:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     print(f"child pid {child.pid}", flush=True)
+    pathlib.Path("child-started").touch()
 if env.rank == 2 and sys.argv[1:] == ["fail"]:
+    deadline = time.monotonic() + 60
+    while not pathlib.Path("child-started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     print("rank 2 gives up", flush=True)
     sys.exit(3)
 if env.is_server:
