@@ -166,8 +166,12 @@ def _peak_mb() -> float:
 
 
 def _warm_up() -> None:
-    """Pay torch's one-time imports (the first optimizer imports torch._dynamo) before timing."""
+    """Pay one-time imports before timing: torch's (the first optimizer imports
+    torch._dynamo) and the engines' own modules, which `simulate` imports on first use."""
     import torch.func  # the vectorized engine's
+
+    import fedloom.simulation.processes
+    import fedloom.simulation.vectorized  # noqa: F401
 
     model = make_model()
     optimizer = make_optimizer(model.parameters())
