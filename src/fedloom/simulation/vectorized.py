@@ -303,12 +303,13 @@ class _LowRankRows:
         self._memory = memory
         self._rows: np.ndarray | None = None
         self._finite: list[bool] | None = None
-        self._count = len(next(iter(trainer.factors.values()))[0])
+        factor = next(iter(trainer.factors.values()))[0]  # every factor: one dtype, one device
+        self._dtype, self._device, self._count = factor.dtype, factor.device, len(factor)
 
     def rows(self) -> np.ndarray:
         if self._rows is None:
-            first = next(iter(self._trainer.factors.values()))[0]
-            buffer = self._memory.result((self._count, self._spec.size), first.dtype, first.device)
+            shape = (self._count, self._spec.size)
+            buffer = self._memory.result(shape, self._dtype, self._device)
             views = _views(buffer, self._spec)
             for name, bias in self._trainer.biases.items():
                 views[name].copy_(bias)
@@ -321,10 +322,9 @@ class _LowRankRows:
 
     def finite(self, row: int) -> bool:
         if self._finite is None:
-            dtype = next(iter(self._trainer.factors.values()))[0].dtype
             largest = float(np.abs(self._start).max()) if self._start.size else 0.0
             bound = self._trainer.delta_bounds() + largest
-            proven = bound < torch.finfo(dtype).max / 16  # NaN compares False
+            proven = bound < torch.finfo(self._dtype).max / 16  # NaN compares False
             for bias in self._trainer.biases.values():
                 proven &= torch.isfinite(bias).flatten(1).all(1).cpu()
             self._finite = proven.cpu().tolist()
@@ -334,15 +334,14 @@ class _LowRankRows:
         self, rows: Sequence[int], scales: Sequence[float], base: np.ndarray
     ) -> np.ndarray:
         factors = self._trainer.factors
-        first = next(iter(factors.values()))[0]
         index: torch.Tensor | None = None
         if len(rows) == self._count and len(set(rows)) == self._count:  # every row once
-            scale = torch.zeros(self._count, dtype=first.dtype)
-            scale[torch.tensor(rows)] = torch.tensor(scales, dtype=first.dtype)
+            scale = torch.zeros(self._count, dtype=self._dtype)
+            scale[torch.tensor(rows)] = torch.tensor(scales, dtype=self._dtype)
         else:
-            index = torch.tensor(rows, device=first.device)
-            scale = torch.tensor(scales, dtype=first.dtype)
-        scale = scale.to(first.device)
+            index = torch.tensor(rows, device=self._device)
+            scale = torch.tensor(scales, dtype=self._dtype)
+        scale = scale.to(self._device)
         total = float(sum(scales))
         out: np.ndarray = (self._start - base) * self._start.dtype.type(total)
         offset = 0
