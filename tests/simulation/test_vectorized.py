@@ -162,6 +162,55 @@ def test_vectorized_plain_sgd_in_either_form_equals_each_clients_own_fit(
     _assert_same(batched, alone)
 
 
+def _ignored_targets(count: int, seed: int) -> torch.Tensor:
+    """Class indices, a third of them (two in each batch of six) the ignored index."""
+    targets = torch.randint(0, 3, (count,), generator=torch.Generator().manual_seed(seed))
+    targets[::3] = -100
+    return targets
+
+
+LOSSES: dict[str, tuple[nn.Module, Callable[[int, int], torch.Tensor]]] = {
+    "cross-entropy-ignore-index": (nn.CrossEntropyLoss(), _ignored_targets),
+    "cross-entropy-probabilities": (
+        nn.CrossEntropyLoss(),
+        lambda count, seed: torch.softmax(
+            torch.randn(count, 3, generator=torch.Generator().manual_seed(seed)), dim=1
+        ),
+    ),
+    "mse-three-outputs": (
+        nn.MSELoss(),
+        lambda count, seed: torch.randn(count, 3, generator=torch.Generator().manual_seed(seed)),
+    ),
+    "bce-with-logits": (
+        nn.BCEWithLogitsLoss(),
+        lambda count, seed: torch.rand(count, 3, generator=torch.Generator().manual_seed(seed)),
+    ),
+}
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum-dampening"])
+def test_vectorized_fit_masks_each_loss_as_the_clients_mean_does(
+    loss: str, optimizer: str, form: str
+) -> None:
+    """Per-sample and per-element means, ignored targets, padding: the same as each own fit."""
+    loss_fn, make_targets = LOSSES[loss]
+    data = {
+        str(k): (_data(size, seed=k)[0], make_targets(size, k))
+        for k, size in enumerate((13, 8, 20))
+    }
+    build = lambda k: _client(data[k], OPTIMIZERS[optimizer], loss_fn=loss_fn)  # noqa: E731
+    start = build("0").get_weights()
+    jobs = {k: (build(k), FitIns(weights=start, config={"seed": int(k)})) for k in data}
+
+    batched = VectorizedFit().fit(jobs)  # type: ignore[arg-type]
+
+    alone = {k: build(k).fit(start, ins.config) for k, (_, ins) in jobs.items()}
+    if optimizer == "sgd":  # plain SGD from one start: the low-rank path, not a fallback
+        assert all(r.weights.pending is not None for r in batched.values())  # type: ignore[union-attr]
+    _assert_same(batched, alone)
+
+
 def test_kept_whole_picks_the_smaller_of_weights_and_factors() -> None:
     """784 x 100 weights outweigh 60 samples' factors; 100 x 10 weights do not."""
     assert not _vectorized_lowrank.kept_whole(nn.Linear(784, 100), samples=60)

@@ -67,7 +67,8 @@ Allocate = Callable[[str, tuple[int, ...], torch.Tensor], torch.Tensor]
 """``(name, shape, like) -> an uninitialized tensor`` of `like`'s dtype and device."""
 
 ElementLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(outputs [K, B, ...], targets [K, B, ...], mask [K, B]) -> per-client mean loss [K]``."""
+"""``(outputs [K, B, ...], targets [K, B, ...], weights [K, B, ...]) -> per-client loss [K]``:
+the loss's elements weighted by `weights` (each client's weights sum to 1 over its real samples)."""
 
 
 def low_rank_layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
@@ -138,7 +139,7 @@ class LowRankSGD:
         self,
         inputs: torch.Tensor,
         targets: torch.Tensor,
-        mask: torch.Tensor,
+        weights: torch.Tensor,
         loss_fn: ElementLoss,
     ) -> torch.Tensor:
         """Run every step; the loss of each client at each step, ``[clients, steps]``.
@@ -150,16 +151,17 @@ class LowRankSGD:
         Args:
             inputs: ``[clients, steps, batch, ...]``, padded.
             targets: ``[clients, steps, batch, ...]``, padded.
-            mask: ``[clients, steps, batch]``, 1 for real samples.
-            loss_fn: each client's masked mean loss.
+            weights: ``[clients, steps, batch, ...]``, each sample's weight in its
+                client's mean loss at that step; 0 for padding.
+            loss_fn: each client's mean loss at a step.
         """
-        clients, steps, batch = mask.shape
+        clients, steps, batch = weights.shape[:3]
         samples = steps * batch
         lr, allocate = self.lr, self._allocate
         flat_inputs = inputs.reshape(clients, samples, -1)
         linear = [(name, layer) for name, layer in self.layers if isinstance(layer, nn.Linear)]
         sizes = {name: (layer.in_features, layer.out_features) for name, layer in linear}
-        keep = {name for name, layer in linear if kept_whole(layer, samples)}
+        whole = {name for name, layer in linear if kept_whole(layer, samples)}
         start = {name: self.start[f"{name}.weight"] for name, _ in linear}
         first = linear[0][0]
         leading = 0  # layers before the first linear one
@@ -168,24 +170,24 @@ class LowRankSGD:
         # the first linear layer sees the data itself when at most a Flatten comes before it:
         # then its shared product for every step is one matrix product before the first step
         direct = (
-            first not in keep
+            first not in whole
             and flat_inputs.shape[-1] == sizes[first][0]
             and all(type(layer) is nn.Flatten for _, layer in self.layers[:leading])
         )
-        weights: dict[str, torch.Tensor] = {}  # whole layers' [clients, out, in]
-        biases: dict[str, torch.Tensor] = {}  # whole layers' [clients, out]
+        kept: dict[str, torch.Tensor] = {}  # whole layers' weights, [clients, out, in]
+        kept_biases: dict[str, torch.Tensor] = {}  # whole layers' biases, [clients, out]
         history_in: dict[str, torch.Tensor] = {}
         history_out: dict[str, torch.Tensor] = {}
         for name, _ in linear:
             features, width = sizes[name]
             bias = self.start.get(f"{name}.bias")
-            if name in keep:
+            if name in whole:
                 shape = (clients, width, features)
-                weights[name] = allocate(f"{name}.weight", shape, flat_inputs)
-                weights[name].copy_(start[name].expand(shape))
+                kept[name] = allocate(f"{name}.weight", shape, flat_inputs)
+                kept[name].copy_(start[name].expand(shape))
                 if bias is not None:
-                    biases[name] = allocate(f"{name}.bias", (clients, width), flat_inputs)
-                    biases[name].copy_(bias.expand(clients, width))
+                    kept_biases[name] = allocate(f"{name}.bias", (clients, width), flat_inputs)
+                    kept_biases[name].copy_(bias.expand(clients, width))
                 continue
             # every step writes its samples' rows before they are read
             shape = (clients, samples, width)
@@ -206,7 +208,7 @@ class LowRankSGD:
                 torch.mm(rows, start[first].T, out=out)
             else:
                 torch.addmm(bias, rows, start[first].T, out=out)
-        losses = torch.zeros(clients, steps, dtype=mask.dtype, device=mask.device)
+        losses = torch.zeros(clients, steps, dtype=weights.dtype, device=weights.device)
         for step in range(steps):
             done = slice(0, step * batch)
             now = slice(step * batch, (step + 1) * batch)
@@ -222,14 +224,14 @@ class LowRankSGD:
                     continue
                 features, width = sizes[name]
                 bias = self.start.get(f"{name}.bias")
-                if name in keep:
+                if name in whole:
                     seen = x.reshape(clients, batch, features)
                     seen_by[name] = seen.detach()
-                    weight = weights[name].transpose(1, 2)
+                    weight = kept[name].transpose(1, 2)
                     if bias is None:
                         z = torch.bmm(seen, weight)
                     else:
-                        z = torch.baddbmm(biases[name].unsqueeze(1), seen, weight)
+                        z = torch.baddbmm(kept_biases[name].unsqueeze(1), seen, weight)
                 elif direct and name == first:
                     assert shared is not None
                     z = shared[:, now]  # this step's rows of the shared product, bias included
@@ -259,21 +261,21 @@ class LowRankSGD:
                 outputs.append(z)
                 x = z.reshape(clients * batch, width)
             shaped = x.view(clients, batch, *x.shape[1:])
-            loss = loss_fn(shaped, targets[:, step], mask[:, step])
+            loss = loss_fn(shaped, targets[:, step], weights[:, step])
             gradients = torch.autograd.grad(loss.sum(), outputs)
             losses[:, step] = loss.detach()
             for (name, _), gradient in zip(linear, gradients, strict=True):
-                if name in keep:  # torch.optim.SGD's step: p -= lr * grad
-                    weights[name].baddbmm_(gradient.transpose(1, 2), seen_by[name], alpha=-lr)
-                    if name in biases:
-                        biases[name].add_(gradient.sum(1), alpha=-lr)
+                if name in whole:  # torch.optim.SGD's step: p -= lr * grad
+                    kept[name].baddbmm_(gradient.transpose(1, 2), seen_by[name], alpha=-lr)
+                    if name in kept_biases:
+                        kept_biases[name].add_(gradient.sum(1), alpha=-lr)
                 else:
                     history_out[name][:, now] = gradient
         self.factors = {
             f"{name}.weight": (history_out[name], history_in[name]) for name in history_out
         }
-        self.whole = {f"{name}.weight": weight for name, weight in weights.items()}
-        self.whole.update({f"{name}.bias": bias for name, bias in biases.items()})
+        self.whole = {f"{name}.weight": weight for name, weight in kept.items()}
+        self.whole.update({f"{name}.bias": bias for name, bias in kept_biases.items()})
         for name, outputs_grad in history_out.items():  # b_k = b_0 - lr * (sum of dZ_k's rows)
             bias = self.start.get(f"{name}.bias")
             if bias is not None:

@@ -244,7 +244,8 @@ class VectorizedFit:
                 return memory.scratch(f"low-rank.{name}", shape, like.dtype)
 
             trainer = LowRankSGD(layers, initial, lr, allocate)
-            losses = trainer.train(inputs, targets, mask, loss_fn.batched)
+            weights = loss_fn.step_weights(targets, mask)
+            losses = trainer.train(inputs, targets, weights, loss_fn.weighted)
             block = _LowRankRows(trainer, spec, starts[0].flat, memory)
             for name in held:
                 memory.hold(name if name == "inputs" else f"low-rank.{name}", block)
@@ -670,20 +671,34 @@ class _ElementLoss:
         total: torch.Tensor = (values * weight).sum() / weight.sum().clamp_min(1)
         return total
 
-    def batched(
-        self, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Each client's masked mean loss, ``[clients]``, from ``[clients, batch, ...]`` inputs."""
-        clients, batch = mask.shape
-        values = self.loss_fn(outputs.flatten(0, 1), targets.flatten(0, 1))
-        values = values.view(clients, batch, *values.shape[1:])
-        weight = mask.view(clients, batch, *([1] * (values.dim() - 2))).expand_as(values)
+    def step_weights(self, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each sample's weight in its client's mean loss at its step, for every step at once.
+
+        ``mask / count`` (ignored targets count as padding), ``[clients, steps, batch, ...]``
+        from ``[clients, steps, batch, ...]`` targets and a ``[clients, steps, batch]`` mask.
+        """
+        weight = mask
         if self.ignore_index is not None and not targets.is_floating_point():
-            weight = weight * (targets != self.ignore_index).to(weight.dtype)
-        total = (values * weight).flatten(1).sum(1)
-        count = weight.flatten(1).sum(1).clamp_min(1)
-        per_client: torch.Tensor = total / count
-        return per_client
+            trailing = (1,) * (targets.dim() - mask.dim())
+            weight = mask.view(*mask.shape, *trailing) * (targets != self.ignore_index).to(
+                mask.dtype
+            )
+        count = weight.flatten(2).sum(-1).clamp_min(1)
+        return weight / count.view(*count.shape, *(1,) * (weight.dim() - 2))
+
+    def weighted(
+        self, outputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Each client's mean loss, ``[clients]``, from one step's ``[clients, batch, ...]``
+        outputs and targets and its `step_weights`."""
+        clients, batch = weights.shape[:2]
+        values = self.loss_fn(outputs.flatten(0, 1), targets.flatten(0, 1))
+        values = values.view(clients, batch, -1)
+        weight = weights.reshape(clients, batch, -1)
+        total: torch.Tensor = (values * weight).sum((1, 2))
+        if weight.shape[-1] != values.shape[-1]:  # one weight per sample: the mean of its elements
+            total = total / values.shape[-1]
+        return total
 
 
 def _low_rank(
