@@ -23,6 +23,7 @@ from fedloom.client import FunctionClient, TorchClient
 from fedloom.core import ClientId, Failure, FitIns, FitRes, Weights
 from fedloom.data import Dirichlet
 from fedloom.errors import InvalidResult
+from fedloom.simulation import _vectorized_lowrank
 from fedloom.simulation.vectorized import VectorizedFit
 from fedloom.strategies import fedavg
 
@@ -39,9 +40,21 @@ def _mlp(seed: int = 1, *, dtype: torch.dtype = torch.float32) -> nn.Module:
     return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
 
 
-def _data(count: int, seed: int, *, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+def _wide(seed: int = 1) -> nn.Module:
+    """A first layer wider than its factors (low-rank form), a narrow output layer (kept whole)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(WIDE, 150), nn.ReLU(), nn.Linear(150, 3))
+
+
+WIDE = 200
+"""Input features of `_wide`."""
+
+
+def _data(
+    count: int, seed: int, *, dtype: torch.dtype = torch.float32, features: int = 5
+) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(count, 5, generator=generator, dtype=dtype)
+    inputs = torch.randn(count, features, generator=generator, dtype=dtype)
     return inputs, torch.randint(0, 3, (count,), generator=generator)
 
 
@@ -70,9 +83,13 @@ def _fit_both(
     config: Mapping[str, float] | None = None,
     model: Callable[[], nn.Module] = _mlp,
     dtype: torch.dtype = torch.float32,
+    features: int = 5,
 ) -> tuple[dict[ClientId, FitRes | Failure], dict[ClientId, FitRes]]:
     """Each client's fit through VectorizedFit (one call) and through its own TorchClient.fit."""
-    data = {str(k): _data(size, seed=10 + k, dtype=dtype) for k, size in enumerate(sizes)}
+    data = {
+        str(k): _data(size, seed=10 + k, dtype=dtype, features=features)
+        for k, size in enumerate(sizes)
+    }
     start = _client(data["0"], optimizer, model=model).get_weights()
     jobs: dict[ClientId, tuple[TorchClient, FitIns]] = {}
     for k, client_id in enumerate(data):
@@ -128,12 +145,96 @@ def test_vectorized_fit_equals_each_clients_own_fit_with_uneven_data(name: str) 
     _assert_same(batched, alone)
 
 
+@pytest.fixture(params=["low-rank", "whole"])
+def form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Plain SGD from one start with every linear layer in factors, or every one kept whole."""
+    whole = request.param == "whole"
+    monkeypatch.setattr(_vectorized_lowrank, "kept_whole", lambda layer, samples: whole)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("name", ["sgd", "sgd-maximize"])
+def test_vectorized_plain_sgd_in_either_form_equals_each_clients_own_fit(
+    name: str, form: str
+) -> None:
+    batched, alone = _fit_both(OPTIMIZERS[name])
+
+    _assert_same(batched, alone)
+
+
+def _ignored_targets(count: int, seed: int) -> torch.Tensor:
+    """Class indices, a third of them (two in each batch of six) the ignored index."""
+    targets = torch.randint(0, 3, (count,), generator=torch.Generator().manual_seed(seed))
+    targets[::3] = -100
+    return targets
+
+
+LOSSES: dict[str, tuple[nn.Module, Callable[[int, int], torch.Tensor]]] = {
+    "cross-entropy-ignore-index": (nn.CrossEntropyLoss(), _ignored_targets),
+    "cross-entropy-probabilities": (
+        nn.CrossEntropyLoss(),
+        lambda count, seed: torch.softmax(
+            torch.randn(count, 3, generator=torch.Generator().manual_seed(seed)), dim=1
+        ),
+    ),
+    "mse-three-outputs": (
+        nn.MSELoss(),
+        lambda count, seed: torch.randn(count, 3, generator=torch.Generator().manual_seed(seed)),
+    ),
+    "bce-with-logits": (
+        nn.BCEWithLogitsLoss(),
+        lambda count, seed: torch.rand(count, 3, generator=torch.Generator().manual_seed(seed)),
+    ),
+}
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum-dampening"])
+def test_vectorized_fit_masks_each_loss_as_the_clients_mean_does(
+    loss: str, optimizer: str, form: str
+) -> None:
+    """Per-sample and per-element means, ignored targets, padding: the same as each own fit."""
+    loss_fn, make_targets = LOSSES[loss]
+    data = {
+        str(k): (_data(size, seed=k)[0], make_targets(size, k))
+        for k, size in enumerate((13, 8, 20))
+    }
+    build = lambda k: _client(data[k], OPTIMIZERS[optimizer], loss_fn=loss_fn)  # noqa: E731
+    start = build("0").get_weights()
+    jobs = {k: (build(k), FitIns(weights=start, config={"seed": int(k)})) for k in data}
+
+    batched = VectorizedFit().fit(jobs)  # type: ignore[arg-type]
+
+    alone = {k: build(k).fit(start, ins.config) for k, (_, ins) in jobs.items()}
+    if optimizer == "sgd":  # plain SGD from one start: the low-rank path, not a fallback
+        assert all(r.weights.pending is not None for r in batched.values())  # type: ignore[union-attr]
+    _assert_same(batched, alone)
+
+
+def test_kept_whole_picks_the_smaller_of_weights_and_factors() -> None:
+    """784 x 100 weights outweigh 60 samples' factors; 100 x 10 weights do not."""
+    assert not _vectorized_lowrank.kept_whole(nn.Linear(784, 100), samples=60)
+    assert _vectorized_lowrank.kept_whole(nn.Linear(100, 10), samples=60)
+
+
+def test_vectorized_plain_sgd_with_a_wide_and_a_narrow_layer_equals_own_fits() -> None:
+    """The engine's own choice: the first layer in factors, the output layer kept whole."""
+    layers = _vectorized_lowrank.low_rank_layers(_wide())
+    assert layers is not None
+    samples = 14 * 6  # the largest client's steps x batch
+    assert [_vectorized_lowrank.kept_whole(m, samples) for _, m in layers[::2]] == [False, True]
+
+    batched, alone = _fit_both(OPTIMIZERS["sgd"], model=_wide, features=WIDE)
+
+    _assert_same(batched, alone)
+
+
 def _flattening() -> nn.Module:
     torch.manual_seed(2)
     return nn.Sequential(nn.Flatten(), nn.Linear(6, 4, bias=False), nn.ReLU(), nn.Linear(4, 3))
 
 
-def test_vectorized_fit_plain_sgd_through_flatten_and_bias_free_layers() -> None:
+def test_vectorized_fit_plain_sgd_through_flatten_and_bias_free_layers(form: str) -> None:
     """Inputs of shape (2, 3) per sample, flattened: the low-rank form with no bias to train."""
     optimizer = OPTIMIZERS["sgd"]
     jobs: dict[ClientId, tuple[TorchClient, FitIns]] = {}
@@ -163,7 +264,7 @@ def _activation_first() -> nn.Module:
 
 @pytest.mark.parametrize("model", [_mlp, _activation_first])
 def test_vectorized_fit_plain_sgd_on_row_ranges_of_one_dataset(
-    model: Callable[[], nn.Module],
+    model: Callable[[], nn.Module], form: str
 ) -> None:
     """Clients holding views of one dataset (taken with one gather), uneven, one step apart.
 
@@ -447,7 +548,7 @@ def _plain_sgd_client(context: ClientContext) -> TorchClient:
 
 
 def test_simulate_vectorized_plain_sgd_gives_the_sequential_weights(
-    batched_counts: list[int],
+    batched_counts: list[int], form: str
 ) -> None:
     def run(engine: str) -> fedloom.RunResult:
         return fedloom.simulate(
@@ -494,7 +595,9 @@ def test_vectorized_fit_never_reuses_memory_that_results_still_hold() -> None:
         np.testing.assert_array_equal(result.weights.flat, copies[client_id])  # type: ignore[union-attr]
 
 
-def test_low_rank_results_are_deferred_and_the_block_sums_them_as_their_values_do() -> None:
+def test_low_rank_results_are_deferred_and_the_block_sums_them_as_their_values_do(
+    form: str,
+) -> None:
     """Plain SGD from one start: results are computed only when read; their weighted sum is not."""
     batched, alone = _fit_both(OPTIMIZERS["sgd"], sizes=(40, 23, 7, 12))
     pending = [r.weights.pending for r in batched.values()]  # type: ignore[union-attr]
@@ -519,7 +622,7 @@ def test_low_rank_results_are_deferred_and_the_block_sums_them_as_their_values_d
     _assert_same(batched, alone)  # reading them computes them
 
 
-def test_unread_low_rank_results_stay_correct_while_later_rounds_run() -> None:
+def test_unread_low_rank_results_stay_correct_while_later_rounds_run(form: str) -> None:
     """Deferred results view the round's stacked batches: later rounds must not overwrite them."""
     data = [_data(12, seed=k) for k in range(3)]
     engine = VectorizedFit()
@@ -542,11 +645,14 @@ def test_unread_low_rank_results_stay_correct_while_later_rounds_run() -> None:
     _assert_same(kept, expected)
 
 
-def test_a_low_rank_result_that_overflows_is_not_proven_finite_and_is_rejected() -> None:
+def test_a_low_rank_result_that_overflows_is_not_proven_finite_and_is_rejected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A client whose data holds a huge value: its row is computed, checked and refused."""
+    monkeypatch.setattr(_vectorized_lowrank, "kept_whole", lambda layer, samples: False)
     good = _data(12, seed=1)
     bad_inputs = good[0].clone()
-    bad_inputs[3, 2] = 1e36
+    bad_inputs[3, 2] = 1e36  # its square overflows float32 in the factors' overlaps
     engine = VectorizedFit()
     start = _client(good, OPTIMIZERS["sgd"]).get_weights()
     jobs = {}
@@ -556,7 +662,34 @@ def test_a_low_rank_result_that_overflows_is_not_proven_finite_and_is_rejected()
 
     results = engine.fit(jobs)
 
+    block, row = results["bad"].weights.pending  # type: ignore[union-attr, misc]
+    assert not block.finite(row)
     checked = start.conform(results["good"].weights, client_id="good")  # type: ignore[union-attr]
     assert checked.pending is not None  # type: ignore[attr-defined]  # proven without computing
     with pytest.raises(InvalidResult, match=r"client 'bad' returned tensor .* NaN or Inf"):
         start.conform(results["bad"].weights, client_id="bad")  # type: ignore[union-attr]
+
+
+def test_layers_kept_whole_are_proven_finite_from_their_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same huge value through layers kept whole: finite, as the client's own fit is; NaN
+    data gives NaN weights, which are not proven and are refused."""
+    monkeypatch.setattr(_vectorized_lowrank, "kept_whole", lambda layer, samples: True)
+    big, nan = _data(12, seed=1), _data(12, seed=1)
+    big[0][3, 2] = 1e36
+    nan[0][5, 1] = float("nan")
+    start = _client(big, OPTIMIZERS["sgd"]).get_weights()
+    ins = FitIns(weights=start, config={"seed": 1})
+    jobs = {
+        name: (_client(data, OPTIMIZERS["sgd"]), ins) for name, data in (("big", big), ("nan", nan))
+    }
+
+    results = VectorizedFit().fit(jobs)  # type: ignore[arg-type]
+
+    checked = start.conform(results["big"].weights, client_id="big")  # type: ignore[union-attr]
+    assert checked.pending is not None  # type: ignore[attr-defined]  # proven without computing
+    expected = _client(big, OPTIMIZERS["sgd"]).fit(start, ins.config)
+    _assert_same({"big": results["big"]}, {"big": expected})
+    with pytest.raises(InvalidResult, match=r"client 'nan' returned tensor .* NaN or Inf"):
+        start.conform(results["nan"].weights, client_id="nan")  # type: ignore[union-attr]

@@ -233,11 +233,6 @@ class VectorizedFit:
                 name: torch.from_numpy(starts[0][name].copy()).to(self.device, dtype)
                 for name in names
             }
-            biases = {
-                name: initial[name].expand(len(order), *initial[name].shape).clone()
-                for name in names
-                if name.endswith(".bias")  # the low-rank form's layers are nn.Linear
-            }
             memory = self._memory
             held: list[str] = ["inputs"]  # the factors view the stacked inputs
 
@@ -248,8 +243,9 @@ class VectorizedFit:
                     held.append(name)
                 return memory.scratch(f"low-rank.{name}", shape, like.dtype)
 
-            trainer = LowRankSGD(layers, biases, initial, lr, allocate)
-            losses = trainer.train(inputs, targets, mask, loss_fn.batched)
+            trainer = LowRankSGD(layers, initial, lr, allocate)
+            weights = loss_fn.step_weights(targets, mask)
+            losses = trainer.train(inputs, targets, weights, loss_fn.weighted)
             block = _LowRankRows(trainer, spec, starts[0].flat, memory)
             for name in held:
                 memory.hold(name if name == "inputs" else f"low-rank.{name}", block)
@@ -303,17 +299,14 @@ class _LowRankRows:
         self._memory = memory
         self._rows: np.ndarray | None = None
         self._finite: list[bool] | None = None
-        factor = next(iter(trainer.factors.values()))[0]  # every factor: one dtype, one device
-        self._dtype, self._device, self._count = factor.dtype, factor.device, len(factor)
+        tensor = trainer.tensors()[0]  # all of one dtype, on one device
+        self._dtype, self._device, self._count = tensor.dtype, tensor.device, len(tensor)
 
     def rows(self) -> np.ndarray:
         if self._rows is None:
             shape = (self._count, self._spec.size)
             buffer = self._memory.result(shape, self._dtype, self._device)
-            views = _views(buffer, self._spec)
-            for name, bias in self._trainer.biases.items():
-                views[name].copy_(bias)
-            self._trainer.write_weights(views)
+            self._trainer.write_weights(_views(buffer, self._spec))
             flat = buffer.cpu().numpy()
             if buffer.device.type == "cpu":
                 self._memory.recycle(flat, buffer)
@@ -322,12 +315,7 @@ class _LowRankRows:
 
     def finite(self, row: int) -> bool:
         if self._finite is None:
-            largest = float(np.abs(self._start).max()) if self._start.size else 0.0
-            bound = self._trainer.delta_bounds() + largest
-            proven = bound < torch.finfo(self._dtype).max / 16  # NaN compares False
-            for bias in self._trainer.biases.values():
-                proven &= torch.isfinite(bias).flatten(1).all(1).cpu()
-            self._finite = proven.cpu().tolist()
+            self._finite = self._trainer.proven_finite().tolist()
         return self._finite[row]
 
     def weighted_difference(
@@ -350,9 +338,9 @@ class _LowRankRows:
             if name in factors:
                 delta = self._trainer.weighted_delta(name, scale, index)
                 part += delta.cpu().numpy().reshape(-1)
-            else:  # a bias, kept whole per client: sum_k s_k (b_k - base)
-                bias = self._trainer.biases[name]
-                chosen = bias if index is None else bias[index]
+            else:  # kept whole per client (a bias, a narrow layer): sum_k s_k (x_k - base)
+                values = self._trainer.whole[name]
+                chosen = values if index is None else values[index]
                 summed = (scale @ chosen.reshape(len(scale), -1)).cpu().numpy()
                 part[...] = summed - base[offset : offset + size] * base.dtype.type(total)
             offset += size
@@ -683,20 +671,34 @@ class _ElementLoss:
         total: torch.Tensor = (values * weight).sum() / weight.sum().clamp_min(1)
         return total
 
-    def batched(
-        self, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Each client's masked mean loss, ``[clients]``, from ``[clients, batch, ...]`` inputs."""
-        clients, batch = mask.shape
-        values = self.loss_fn(outputs.flatten(0, 1), targets.flatten(0, 1))
-        values = values.view(clients, batch, *values.shape[1:])
-        weight = mask.view(clients, batch, *([1] * (values.dim() - 2))).expand_as(values)
+    def step_weights(self, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each sample's weight in its client's mean loss at its step, for every step at once.
+
+        ``mask / count`` (ignored targets count as padding), ``[clients, steps, batch, ...]``
+        from ``[clients, steps, batch, ...]`` targets and a ``[clients, steps, batch]`` mask.
+        """
+        weight = mask
         if self.ignore_index is not None and not targets.is_floating_point():
-            weight = weight * (targets != self.ignore_index).to(weight.dtype)
-        total = (values * weight).flatten(1).sum(1)
-        count = weight.flatten(1).sum(1).clamp_min(1)
-        per_client: torch.Tensor = total / count
-        return per_client
+            trailing = (1,) * (targets.dim() - mask.dim())
+            weight = mask.view(*mask.shape, *trailing) * (targets != self.ignore_index).to(
+                mask.dtype
+            )
+        count = weight.flatten(2).sum(-1).clamp_min(1)
+        return weight / count.view(*count.shape, *(1,) * (weight.dim() - 2))
+
+    def weighted(
+        self, outputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Each client's mean loss, ``[clients]``, from one step's ``[clients, batch, ...]``
+        outputs and targets and its `step_weights`."""
+        clients, batch = weights.shape[:2]
+        values = self.loss_fn(outputs.flatten(0, 1), targets.flatten(0, 1))
+        values = values.view(clients, batch, -1)
+        weight = weights.reshape(clients, batch, -1)
+        total: torch.Tensor = (values * weight).sum((1, 2))
+        if weight.shape[-1] != values.shape[-1]:  # one weight per sample: the mean of its elements
+            total = total / values.shape[-1]
+        return total
 
 
 def _low_rank(
