@@ -15,7 +15,7 @@ torch as fedloom's environment).
 
 Two ways of writing it (``--api``):
 
-- ``message`` (default): the API of Flower's current documentation (flwr >= 1.21):
+- ``message`` (default): the API of Flower's current documentation (flwr 1.42):
   a ``ClientApp`` whose ``@app.train()`` function answers a ``Message`` holding an
   ``ArrayRecord``, and a ``ServerApp`` whose ``@app.main()`` runs
   ``flwr.serverapp.strategy.FedAvg(fraction_train=0.1, fraction_evaluate=0.0)``
