@@ -53,37 +53,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _workload import (
+    BATCH_SIZE,
+    CLIENTS_PER_ROUND,
+    FEATURES,
+    NUM_CLIENTS,
+    SAMPLES,
+    SEED,
+    STEPS_PER_ROUND,
+    dataset,
+    make_model,
+    make_optimizer,
+)
 from torch import nn
 
 from fedloom import ClientContext, fedavg, simulate
 from fedloom.client import TorchClient
-
-NUM_CLIENTS = 1_000
-SAMPLES = 60
-FEATURES = 784
-CLASSES = 10
-HIDDEN = 100
-BATCH_SIZE = 10
-CLIENTS_PER_ROUND = 100
-LR = 0.05
-SEED = 0
-STEPS_PER_ROUND = SAMPLES // BATCH_SIZE
-
-
-@cache
-def dataset() -> tuple[torch.Tensor, torch.Tensor]:
-    """60,000 seeded samples: Gaussian features, labels from a random linear teacher."""
-    rng = np.random.default_rng(SEED)
-    inputs = rng.standard_normal((NUM_CLIENTS * SAMPLES, FEATURES), dtype=np.float32)
-    teacher = rng.standard_normal((FEATURES, CLASSES), dtype=np.float32)
-    labels = (inputs @ teacher).argmax(axis=1).astype(np.int64)
-    return torch.from_numpy(inputs), torch.from_numpy(labels)
-
-
-def make_model() -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(SEED)
-        return nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, CLASSES))
 
 
 @cache
@@ -93,10 +78,6 @@ def _shared_model() -> nn.Module:
 
 LOSS = nn.CrossEntropyLoss()
 """One loss object for every client, as one builds a model and a loss once per process."""
-
-
-def make_optimizer(parameters: object) -> torch.optim.Optimizer:
-    return torch.optim.SGD(parameters, lr=LR)  # type: ignore[arg-type]
 
 
 def client_fn(context: ClientContext) -> TorchClient:
