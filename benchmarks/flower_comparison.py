@@ -52,7 +52,7 @@ from _process_tree import TreePeak
 from _workload import CLIENTS_PER_ROUND, dataset, make_model
 from torch import nn
 
-from simulation import _spawn
+from simulation import _spawn, keep_best
 
 FLOWER_SCRIPT = Path(__file__).with_name("flower_simulation.py")
 DEFAULT_FLOWER_PYTHON = "/work/flwr-venv/bin/python"
@@ -98,14 +98,6 @@ def global_loss(flat: np.ndarray[Any, Any] | None) -> float:
         return float(nn.functional.cross_entropy(model(inputs), labels))
 
 
-def _keep_best(best: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
-    if best is None:
-        return result
-    peak = max(best["peak_mb"], result["peak_mb"])
-    fastest = result if result["seconds"] < best["seconds"] else best
-    return {**fastest, "peak_mb": peak}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -133,9 +125,9 @@ def main() -> None:
         paths = {name: Path(folder) / f"{name}.npy" for name in best}
         for repeat in range(max(args.repeat, args.flower_repeat)):  # alternating
             if repeat < args.repeat:
-                best["fedloom"] = _keep_best(best["fedloom"], run_fedloom(args, paths["fedloom"]))
+                best["fedloom"] = keep_best(best["fedloom"], run_fedloom(args, paths["fedloom"]))
             if repeat < args.flower_repeat:
-                best["flower"] = _keep_best(best["flower"], run_flower(args, paths["flower"]))
+                best["flower"] = keep_best(best["flower"], run_flower(args, paths["flower"]))
         losses = {
             name: global_loss(np.load(path, allow_pickle=False)) for name, path in paths.items()
         }

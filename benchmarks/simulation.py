@@ -50,6 +50,7 @@ import tempfile
 import time
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -210,7 +211,7 @@ def main() -> None:
     if args.engines:
         engines = args.engines.split(",")
     updates = CLIENTS_PER_ROUND * args.rounds
-    best: dict[str, dict[str, float]] = {}
+    best: dict[str, dict[str, Any]] = {}
     differences: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
         for repeat in range(args.repeat):  # alternating, so load on the machine hits all alike
@@ -219,10 +220,7 @@ def main() -> None:
                 result = _spawn(name, args, path)
                 if result is None:
                     continue
-                if name not in best or result["seconds"] < best[name]["seconds"]:
-                    best[name] = {**result, "peak_mb": max(result["peak_mb"], _peak(best, name))}
-                else:
-                    best[name]["peak_mb"] = max(result["peak_mb"], best[name]["peak_mb"])
+                best[name] = keep_best(best.get(name), result)
                 if name != "centralized" and repeat == 0:
                     weights = np.load(path, allow_pickle=False)
                     reference = np.load(Path(folder) / f"{engines[0]}.npy", allow_pickle=False)
@@ -272,8 +270,12 @@ def main() -> None:
     print(json.dumps(summary))
 
 
-def _peak(best: dict[str, dict[str, float]], name: str) -> float:
-    return best[name]["peak_mb"] if name in best else 0.0
+def keep_best(best: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
+    """The faster of two runs' figures, with the higher of their peak memories."""
+    if best is None:
+        return result
+    fastest = result if result["seconds"] < best["seconds"] else best
+    return {**fastest, "peak_mb": max(best["peak_mb"], result["peak_mb"])}
 
 
 def _ratio(figures: dict[str, object], top: str, bottom: str, key: str) -> float | None:
