@@ -65,7 +65,7 @@ SETUP = (
 def run_fedloom(args: argparse.Namespace, weights: Path) -> dict[str, float]:
     """One run of fedloom's engine in simulation.py's child, its process tree sampled."""
     with TreePeak(include_root=False) as peak:
-        figures = _spawn(args.engine, args, weights)
+        figures = _spawn(args.engine, args, weights, args.threads)
     if figures is None:
         raise SystemExit(f"fedloom's {args.engine} engine failed (its error is above)")
     return {**figures, "ru_maxrss_mb": figures["peak_mb"], "peak_mb": peak.peak_mb}

@@ -22,20 +22,24 @@ the same number of steps (6 a round, 60 in all), gathering each batch from the
   engine, plus that of its largest worker (workers share the data pages they
   inherit, so this is a floor of the pool's total).
 
-Each engine and the centralized model run ``--repeat`` times, alternating (the
-machine may be shared: load then slows every one alike), and the fastest run of
-each counts; peak memory is the highest of its runs. Every process uses
-``--threads`` torch threads (default 1: the small matrices of
-one client gain nothing from more, and the ratios are fairest with equal
-threads); the process engine runs ``--workers`` processes (default: one per
-core). The final global weights of every engine are compared with the
-sequential engine's (``max_abs_diff``): the engines must agree.
+Each engine and the centralized model run ``--repeat`` times at each of the
+``--threads`` torch thread counts (default: 1 and one per core), alternating
+(the machine may be shared: load then slows every one alike), and the fastest
+run of each counts, whatever its thread count; peak memory is the highest of
+its runs. So each is measured at its best on this machine: the sequential
+engine's small matrices run fastest on one thread (more threads only add
+synchronization), the vectorized engine's and the centralized model's large
+products may gain from more. The JSON records each one's best thread count
+(``threads``). The process engine runs ``--workers`` processes (default: one
+per core). The final global weights of every run are compared with those of the
+sequential engine's run before it (``max_abs_diff``, the largest difference):
+the engines must agree.
 
 Ray is measured when asked for (``--engines sequential,ray,vectorized``): starting a
 local Ray instance costs more than this whole workload on a small machine.
 
 Run: ``python benchmarks/simulation.py [--engines sequential,process,vectorized]
-[--rounds R] [--threads T] [--workers W]``. Prints a line per engine, then one JSON line.
+[--rounds R] [--threads 1,2] [--workers W]``. Prints a line per engine, then one JSON line.
 """
 
 from __future__ import annotations
@@ -163,7 +167,7 @@ def _warm_up() -> None:
 
 
 def _child(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     _warm_up()
     if args.child == "centralized":
         figures = run_centralized(args.rounds)
@@ -172,14 +176,17 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps(figures))
 
 
-def _spawn(name: str, args: argparse.Namespace, weights: Path) -> dict[str, float] | None:
+def _spawn(
+    name: str, args: argparse.Namespace, weights: Path, threads: int
+) -> dict[str, float] | None:
+    """One run of `name` (an engine or "centralized") in a child process with `threads` threads."""
     command = [sys.executable, __file__, "--child", name, "--rounds", str(args.rounds)]
-    command += ["--threads", str(args.threads), "--weights", str(weights)]
+    command += ["--threads", str(threads), "--weights", str(weights)]
     if args.workers is not None:
         command += ["--workers", str(args.workers)]
-    threads = str(args.threads)  # BLAS pools too: idle BLAS threads spin on a shared machine
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
-    env["MKL_NUM_THREADS"] = threads
+    count = str(threads)  # BLAS pools too: idle BLAS threads spin on a shared machine
+    env = {**os.environ, "OMP_NUM_THREADS": count, "OPENBLAS_NUM_THREADS": count}
+    env["MKL_NUM_THREADS"] = count
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=args.timeout_s, env=env, check=False
     )
@@ -187,7 +194,17 @@ def _spawn(name: str, args: argparse.Namespace, weights: Path) -> dict[str, floa
         print(f"{name}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
         return None
     figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return figures
+    return {**figures, "threads": threads}
+
+
+def thread_counts(text: str | None) -> list[int]:
+    """``"1,2"`` as ``[1, 2]``; None: 1 and one per core (just 1 on a one-core machine)."""
+    if text is None:
+        return sorted({1, os.cpu_count() or 1})
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--threads {text!r}: expected positive integers separated by commas")
+    return counts
 
 
 def main() -> None:
@@ -196,13 +213,20 @@ def main() -> None:
         "--engines", default=None, help="comma-separated (default: sequential,process,vectorized)"
     )
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--threads",
+        type=thread_counts,
+        default=None,
+        help="torch thread counts to try, comma-separated (default: 1 and one per core)",
+    )
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
     parser.add_argument("--timeout-s", type=float, default=1800)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads is None:
+        args.threads = thread_counts(None)
     if args.child:
         _child(args)
         return
@@ -214,25 +238,27 @@ def main() -> None:
     best: dict[str, dict[str, Any]] = {}
     differences: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
-        for repeat in range(args.repeat):  # alternating, so load on the machine hits all alike
-            for name in ["centralized", *engines]:
+        runs = [(threads, name) for threads in args.threads for name in ["centralized", *engines]]
+        for _ in range(args.repeat):  # alternating, so load on the machine hits all alike
+            for threads, name in runs:
                 path = Path(folder) / f"{name}.npy"
-                result = _spawn(name, args, path)
+                result = _spawn(name, args, path, threads)
                 if result is None:
                     continue
                 best[name] = keep_best(best.get(name), result)
-                if name != "centralized" and repeat == 0:
+                if name != "centralized":  # against the first engine's run just before
                     weights = np.load(path, allow_pickle=False)
                     reference = np.load(Path(folder) / f"{engines[0]}.npy", allow_pickle=False)
-                    differences[name] = float(np.abs(weights - reference).max())
+                    difference = float(np.abs(weights - reference).max())
+                    differences[name] = max(differences.get(name, 0.0), difference)
     if "centralized" not in best:
         raise SystemExit("the centralized baseline failed")
     limit_s = best["centralized"]["seconds"] / args.rounds
     print(
         f"centralized limit: {limit_s * 1000:8.1f} ms/round "
         f"({STEPS_PER_ROUND} steps of {CLIENTS_PER_ROUND * BATCH_SIZE} samples; "
-        f"{best['centralized']['cpu_s'] / args.rounds * 1000:.1f} ms CPU), "
-        f"peak {best['centralized']['peak_mb']:.0f} MB"
+        f"{best['centralized']['cpu_s'] / args.rounds * 1000:.1f} ms CPU, "
+        f"{best['centralized']['threads']} thread(s)), peak {best['centralized']['peak_mb']:.0f} MB"
     )
     figures: dict[str, object] = {}
     for engine in engines:
@@ -248,19 +274,22 @@ def main() -> None:
             "s_per_round": round(per_round, 4),
             "cpu_s_per_round": round(result["cpu_s"] / args.rounds, 4),
             "max_abs_diff": differences.get(engine),
+            "threads": result["threads"],
         }
         print(
             f"{engine:>11}: {updates / result['seconds']:9.1f} client-updates/s, "
             f"{per_round * 1000:8.1f} ms/round ({result['cpu_s'] / args.rounds * 1000:.1f} ms "
-            f"CPU in its main process), peak {result['peak_mb']:.0f} MB, weights differ "
-            f"from {engines[0]}'s by {differences.get(engine, float('nan')):.2e}"
+            f"CPU in its main process, {result['threads']} thread(s)), peak "
+            f"{result['peak_mb']:.0f} MB, weights differ from {engines[0]}'s by "
+            f"{differences.get(engine, float('nan')):.2e}"
         )
     summary: dict[str, object] = {
         "vectorized_over_sequential": _ratio(figures, "vectorized", "sequential", "updates_per_s"),
         "vectorized_over_limit": None,
         **figures,
         "limit_s_per_round": round(limit_s, 4),
-        "threads": args.threads,
+        "limit_threads": best["centralized"]["threads"],
+        "threads_tried": args.threads,
         "repeat": args.repeat,
         "cpus": os.cpu_count(),
     }
