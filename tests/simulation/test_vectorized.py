@@ -162,6 +162,37 @@ def test_vectorized_plain_sgd_in_either_form_equals_each_clients_own_fit(
     _assert_same(batched, alone)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_clients_with_their_own_batch_sizes_and_epochs_train_together_as_alone(
+    optimizer: str, form: str
+) -> None:
+    """Batch sizes 6, 4, 9 and 5 and 2, 1, 3 and 2 epochs in one group: each its own batches."""
+    data = {str(k): _data(size, seed=20 + k) for k, size in enumerate((17, 23, 7, 10))}
+    shapes = {"0": (6, 2), "1": (4, 1), "2": (9, 3), "3": (5, 2)}
+
+    def build(k: str) -> TorchClient:
+        size, epochs = shapes[k]
+        return TorchClient(
+            _mlp(),
+            (data[k][0], data[k][1]),
+            optimizer=OPTIMIZERS[optimizer],
+            batch_size=size,
+            local_epochs=epochs,
+        )
+
+    start = build("0").get_weights()
+    jobs = {k: (build(k), FitIns(weights=start, config={"seed": 7 + int(k)})) for k in data}
+    engine = VectorizedFit()
+    assert [engine.unsupported(client, ins) for client, ins in jobs.values()] == [None] * 4
+
+    batched = engine.fit(jobs)  # type: ignore[arg-type]
+
+    alone = {k: build(k).fit(start, ins.config) for k, (_, ins) in jobs.items()}
+    if optimizer == "sgd":  # plain SGD from one start: the low-rank path, not a fallback
+        assert all(r.weights.pending is not None for r in batched.values())  # type: ignore[union-attr]
+    _assert_same(batched, alone)
+
+
 def _ignored_targets(count: int, seed: int) -> torch.Tensor:
     """Class indices, a third of them (two in each batch of six) the ignored index."""
     targets = torch.randint(0, 3, (count,), generator=torch.Generator().manual_seed(seed))

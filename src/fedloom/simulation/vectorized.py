@@ -218,16 +218,13 @@ class VectorizedFit:
             dtype=str(torch.empty(0, dtype=dtype).numpy().dtype),
         )
         order = sorted(plans, key=lambda cid: -_steps(plans[cid]))  # similar lengths share a chunk
-        generator = torch.Generator()  # reseeded per client: as a fresh one, without the cost
-        schedules = [_Schedule.of(plans[cid], generator) for cid in order]
+        schedules = _Schedules.of([plans[cid] for cid in order])
         starts = [plans[cid].ins.weights for cid in order]
-        steps = _steps(plans[order[0]]) if order else 0
+        steps = schedules.index.shape[1]
         model.train()
         layers = _low_rank(model, first.optimizer, starts)
         if layers is not None and steps:
-            inputs, targets, mask, _ = _stack_data(
-                schedules, steps, self.device, dtype, self._memory
-            )
+            inputs, targets, mask, _ = _stack_data(schedules, self.device, dtype, self._memory)
             lr = -first.optimizer.lr if first.optimizer.maximize else first.optimizer.lr
             initial = {
                 name: torch.from_numpy(starts[0][name].copy()).to(self.device, dtype)
@@ -259,7 +256,7 @@ class VectorizedFit:
             per_client = max(1, spec.size * buffer.element_size())
             chunk = max(1, self._chunk_bytes // per_client)
             for start in range(0, len(order), chunk):
-                part = schedules[start : start + chunk]
+                part = schedules.part(start, start + chunk)
                 done = _train_chunk(
                     step,
                     _views(buffer[start : start + chunk], spec),
@@ -268,17 +265,16 @@ class VectorizedFit:
                     first.optimizer,
                     self._memory,
                 )
-                losses[start : start + len(part), : done.shape[1]] = done
+                losses[start : start + len(done), : done.shape[1]] = done
             flat = buffer.cpu().numpy()
             if buffer.device.type == "cpu":
                 self._memory.recycle(flat, buffer)
             rows = lambda row: Weights.from_flat(spec, flat[row])  # noqa: E731
-        step_losses = losses.cpu().numpy().astype(np.float64)
-        mean_losses = _mean_losses(schedules, step_losses)
+        mean_losses = schedules.mean_losses(losses.cpu().numpy().astype(np.float64))
         results: dict[ClientId, FitRes] = {}
-        for row, (client_id, schedule) in enumerate(zip(order, schedules, strict=True)):
+        for row, client_id in enumerate(order):
             metrics: dict[str, Scalar] = {"loss": mean_losses[row]}
-            results[client_id] = FitRes(rows(row), schedule.num_examples, metrics)
+            results[client_id] = FitRes(rows(row), plans[client_id].count, metrics)
         return results
 
 
@@ -348,74 +344,93 @@ class _LowRankRows:
 
 
 @dataclass(frozen=True, slots=True)
-class _Schedule:
-    """One client's batches as its `TorchClient` draws them: sample indices per step.
+class _Schedules:
+    """Clients' batches as their `TorchClient`s draw them: sample indices per client and step.
 
-    ``index[step]`` holds the step's ``batch_size`` indices, the last batch of
-    an epoch padded with index 0; ``counts[step]`` how many are real.
+    ``index[k, step]`` holds client k's indices at that step, padded with index
+    0 (the last batch of an epoch, a smaller batch size, the steps after a
+    shorter client's last); ``counts[k, step]`` says how many are real.
     """
 
-    inputs: torch.Tensor
-    targets: torch.Tensor
+    inputs: list[torch.Tensor]
+    targets: list[torch.Tensor]
     index: torch.Tensor
+    """``[clients, steps, batch]`` sample indices."""
     counts: torch.Tensor
-    per_epoch: int
-    steps: int
-    num_examples: int
+    """``[clients, steps]`` real samples at each step (0 once a client is done)."""
+    per_epoch: list[int]
+    steps: list[int]
 
     @classmethod
-    def of(cls, plan: _Plan, generator: torch.Generator | None = None) -> _Schedule:
-        """The plan's batches; `generator` (a CPU one) is reseeded and used if given."""
-        count, size = plan.count, plan.client.batch_size
-        per_epoch = math.ceil(count / size)
-        generator = (generator or torch.Generator()).manual_seed(plan.seed)
-        epochs = max(0, plan.epochs)
-        index = torch.zeros(epochs, per_epoch * size, dtype=torch.int64)
-        for epoch in range(epochs):  # one draw per epoch, as TorchClient's loop draws them
-            torch.randperm(count, generator=generator, out=index[epoch, :count])
-        last = count - (per_epoch - 1) * size  # the epoch's last batch
-        per_step = ([size] * (per_epoch - 1) + [last]) * epochs if per_epoch else []
-        counts = torch.tensor(per_step, dtype=torch.int64)
+    def of(cls, plans: Sequence[_Plan]) -> _Schedules:
+        """The plans' batches: one shuffle per epoch, seeded with the plan's seed."""
+        sizes = [plan.client.batch_size for plan in plans]
+        per_epoch = [math.ceil(plan.count / size) for plan, size in zip(plans, sizes, strict=True)]
+        epochs = [max(0, plan.epochs) for plan in plans]
+        steps = [count * number for count, number in zip(per_epoch, epochs, strict=True)]
+        batch = max(sizes, default=1)
+        index = torch.zeros(len(plans), max(steps, default=0), batch, dtype=torch.int64)
+        counts = torch.zeros(index.shape[:2], dtype=torch.int64)
+        generator = torch.Generator()  # reseeded per client: as a fresh one, without the cost
+        for row, plan in enumerate(plans):
+            size, count, length = sizes[row], plan.count, per_epoch[row]
+            if not steps[row]:
+                continue
+            generator.manual_seed(plan.seed)
+            # one draw per epoch, as TorchClient's loop draws them, cut into batches of `size`
+            draws = index[row, : steps[row]].view(epochs[row], length * batch)
+            if size != batch:
+                draws = torch.zeros(epochs[row], length * size, dtype=torch.int64)
+            for epoch in range(epochs[row]):
+                torch.randperm(count, generator=generator, out=draws[epoch, :count])
+            if size != batch:
+                index[row, : steps[row], :size] = draws.view(steps[row], size)
+            if row and count == plans[row - 1].count and size == sizes[row - 1]:
+                counts[row] = counts[row - 1]  # the same batches as the client before
+                continue
+            per_step = counts[row, : steps[row]].view(epochs[row], length)
+            per_step.fill_(size)
+            per_step[:, -1] = count - (length - 1) * size  # each epoch's last batch
         return cls(
-            plan.inputs,
-            plan.targets,
-            index.view(epochs * per_epoch, size),
+            [plan.inputs for plan in plans],
+            [plan.targets for plan in plans],
+            index,
             counts,
             per_epoch,
-            epochs * per_epoch,
-            count,
+            steps,
         )
 
-    def mean_loss(self, losses: np.ndarray) -> float:
-        """The last epoch's loss per sample, summed batch by batch as `TorchClient` sums it."""
-        total = 0.0
-        first = max(0, self.steps - self.per_epoch)
-        counts = self.counts[first:].tolist()
-        for loss, count in zip(losses[first : self.steps].tolist(), counts, strict=True):
-            total += loss * count
-        return total / self.num_examples
+    def part(self, start: int, stop: int) -> _Schedules:
+        """Clients ``start:stop``, cut to their steps (clients come sorted by steps, longest
+        first)."""
+        longest = max(self.steps[start:stop], default=0)
+        return _Schedules(
+            self.inputs[start:stop],
+            self.targets[start:stop],
+            self.index[start:stop, :longest].contiguous(),
+            self.counts[start:stop, :longest].contiguous(),
+            self.per_epoch[start:stop],
+            self.steps[start:stop],
+        )
 
-
-def _mean_losses(schedules: Sequence[_Schedule], losses: np.ndarray) -> list[float]:
-    """Every client's `_Schedule.mean_loss` (at once when their epochs have one shape)."""
-    first = schedules[0] if schedules else None
-    if (
-        first is None
-        or not first.steps
-        or any(s.steps != first.steps or s.per_epoch != first.per_epoch for s in schedules)
-    ):
-        return [s.mean_loss(losses[row]) for row, s in enumerate(schedules)]
-    start = max(0, first.steps - first.per_epoch)
-    sizes = np.array([s.index.shape[1] for s in schedules], dtype=np.float64)
-    examples = np.array([s.num_examples for s in schedules], dtype=np.float64)
-    counts = np.empty((len(schedules), first.steps - start), dtype=np.float64)
-    counts[:, :-1] = sizes[:, None]  # full batches, then the epoch's last one
-    counts[:, -1] = examples - (first.per_epoch - 1) * sizes
-    totals = np.zeros(len(schedules), dtype=np.float64)
-    for column in range(counts.shape[1]):  # summed batch by batch, as TorchClient sums it
-        totals += losses[:, start + column] * counts[:, column]
-    means: list[float] = (totals / examples).tolist()
-    return means
+    def mean_losses(self, losses: np.ndarray) -> list[float]:
+        """Each client's last-epoch loss per sample from its ``[clients, steps]`` step losses,
+        summed batch by batch as `TorchClient` sums it."""
+        counts = self.counts.numpy().astype(np.float64)
+        totals = np.zeros(len(self.steps), dtype=np.float64)
+        examples = np.zeros(len(self.steps), dtype=np.float64)
+        if len(set(self.steps)) == 1 and len(set(self.per_epoch)) == 1:
+            steps, length = self.steps[0], self.per_epoch[0]
+            for column in range(max(0, steps - length), steps):  # every client at once
+                totals += losses[:, column] * counts[:, column]
+                examples += counts[:, column]
+        else:
+            for row, (steps, length) in enumerate(zip(self.steps, self.per_epoch, strict=True)):
+                for column in range(max(0, steps - length), steps):
+                    totals[row] += losses[row, column] * counts[row, column]
+                    examples[row] += counts[row, column]
+        means: list[float] = (totals / np.maximum(examples, 1)).tolist()
+        return means
 
 
 def _steps(plan: _Plan) -> int:
@@ -445,19 +460,19 @@ def _train_chunk(
     step: StepFn,
     views: dict[str, torch.Tensor],
     trainable: Sequence[str],
-    schedules: Sequence[_Schedule],
+    schedules: _Schedules,
     rule: OptimizerRule,
     memory: _Memory,
 ) -> torch.Tensor:
     """Run every step of a chunk of clients on `views`, in place; each client's loss per step."""
-    steps = schedules[0].steps  # the longest: chunks are sorted by steps
+    clients, steps = schedules.counts.shape
     parameters = {name: views[name] for name in trainable}
     first = next(iter(views.values()))
     device = first.device
-    losses = torch.zeros(len(schedules), steps, dtype=first.dtype, device=device)
+    losses = torch.zeros(clients, steps, dtype=first.dtype, device=device)
     if not steps:
         return losses
-    inputs, targets, mask, active = _stack_data(schedules, steps, device, losses.dtype, memory)
+    inputs, targets, mask, active = _stack_data(schedules, device, losses.dtype, memory)
     frozen = {name: value for name, value in views.items() if name not in parameters}
     state = rule.init(parameters)
     for index in range(steps):
@@ -485,47 +500,35 @@ def _tensors(
 
 
 def _stack_data(
-    schedules: Sequence[_Schedule],
-    steps: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    memory: _Memory,
+    schedules: _Schedules, device: torch.device, dtype: torch.dtype, memory: _Memory
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
     """Every client's batches gathered once into ``[clients, steps, batch, ...]``, with masks.
 
     Padding repeats a real sample (so every forward pass sees finite values)
     with mask 0; ``active[step]`` is None when every client has that step.
     """
-    size = max(schedule.index.shape[1] for schedule in schedules)
-    clients = len(schedules)
-    if all(s.steps == steps and s.index.shape[1] == size for s in schedules):
-        counts = torch.stack([schedule.counts for schedule in schedules])
-        index = torch.stack([schedule.index for schedule in schedules])
-    else:
-        counts = torch.zeros(clients, steps, dtype=torch.int64)
-        index = torch.zeros(clients, steps, size, dtype=torch.int64)
-        for row, schedule in enumerate(schedules):
-            counts[row, : schedule.steps] = schedule.counts
-            index[row, : schedule.steps, : schedule.index.shape[1]] = schedule.index
-    index = index.view(clients, steps * size)
-    sample = schedules[0]
+    clients, steps, size = schedules.index.shape
+    index = schedules.index.view(clients, steps * size)
+    counts = schedules.counts
+    sample_inputs, sample_targets = schedules.inputs[0], schedules.targets[0]
     inputs = memory.scratch(
-        "inputs", (clients, steps * size, *sample.inputs.shape[1:]), sample.inputs.dtype
+        "inputs", (clients, steps * size, *sample_inputs.shape[1:]), sample_inputs.dtype
     )
     targets = memory.scratch(
-        "targets", (clients, steps * size, *sample.targets.shape[1:]), sample.targets.dtype
+        "targets", (clients, steps * size, *sample_targets.shape[1:]), sample_targets.dtype
     )
-    gathered = _gather_rows([s.inputs for s in schedules], index, inputs) and _gather_rows(
-        [s.targets for s in schedules], index, targets
+    gathered = _gather_rows(schedules.inputs, index, inputs) and _gather_rows(
+        schedules.targets, index, targets
     )
-    for row, schedule in enumerate([] if gathered else schedules):
-        if schedule.inputs.device.type == "cpu":  # gathered straight into place
-            torch.index_select(schedule.inputs, 0, index[row], out=inputs[row])
-            torch.index_select(schedule.targets, 0, index[row], out=targets[row])
+    pairs = zip(schedules.inputs, schedules.targets, strict=True)
+    for row, (own_inputs, own_targets) in enumerate([] if gathered else pairs):
+        if own_inputs.device.type == "cpu":  # gathered straight into place
+            torch.index_select(own_inputs, 0, index[row], out=inputs[row])
+            torch.index_select(own_targets, 0, index[row], out=targets[row])
         else:
-            rows = index[row].to(schedule.inputs.device)
-            inputs[row] = torch.index_select(schedule.inputs, 0, rows).cpu()
-            targets[row] = torch.index_select(schedule.targets, 0, rows).cpu()
+            rows = index[row].to(own_inputs.device)
+            inputs[row] = torch.index_select(own_inputs, 0, rows).cpu()
+            targets[row] = torch.index_select(own_targets, 0, rows).cpu()
     mask = (torch.arange(size) < counts.unsqueeze(-1)).to(dtype)
     has_step = counts > 0
     active: list[torch.Tensor | None] = [
@@ -534,8 +537,8 @@ def _stack_data(
     ]
     shape = (clients, steps, size)
     return (
-        inputs.view(*shape, *sample.inputs.shape[1:]).to(device),
-        targets.view(*shape, *sample.targets.shape[1:]).to(device),
+        inputs.view(*shape, *sample_inputs.shape[1:]).to(device),
+        targets.view(*shape, *sample_targets.shape[1:]).to(device),
         mask.to(device),
         active,
     )
