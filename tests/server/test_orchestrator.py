@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from fedloom.client import FunctionClient
-from fedloom.core import ClientContext, Config, FitRes, Metrics, Weights, WeightsLike
+from fedloom.core import (
+    ClientContext,
+    Config,
+    FitRes,
+    Metrics,
+    Weights,
+    WeightsLike,
+    derive_seed,
+)
 from fedloom.errors import ConfigError, NotEnoughResults
 from fedloom.server import (
     Callback,
@@ -583,6 +591,43 @@ def test_orchestrator_sends_each_client_its_seed_and_round() -> None:
         assert len(set(seeds)) == 3  # every client of a round gets its own seed
     sampled = [[cid for cid, c in configs if c["server_round"] == r] for r in (1, 2, 3)]
     assert len({tuple(s) for s in sampled}) > 1  # sampling varies from round to round
+
+
+def test_orchestrator_seeds_fit_and_evaluate_tasks_with_derive_seed() -> None:
+    """Every task's seed is ``derive_seed(seed, "client", client_id, server_round)``.
+
+    The orchestrator derives a round's seeds in one `derive_seeds` call; runs with the
+    same seed must keep the seeds they had when it called `derive_seed` per client.
+    """
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+
+    def fit_of(cid: str) -> FitFn:
+        def fit(weights: Weights, config: Config) -> tuple[WeightsLike, int, Metrics]:
+            seen.append(("fit", cid, dict(config)))
+            return {"x": weights["x"]}, 1, {}
+
+        return fit
+
+    def evaluate_of(cid: str) -> ClientEvaluateFn:
+        def evaluate(weights: Weights, config: Config) -> tuple[float, int, Metrics]:
+            seen.append(("evaluate", cid, dict(config)))
+            return 0.0, 1, {}
+
+        return evaluate
+
+    clients = [str(i) for i in range(5)]
+    _run(
+        {cid: fit_of(cid) for cid in clients},
+        evaluates={cid: evaluate_of(cid) for cid in clients},
+        rounds=2,
+        strategy=fedavg(fraction_evaluate=1.0),
+        seed=11,
+    )
+
+    # 5 clients, everyone sampled (fraction 1.0 for both), 2 rounds: 10 fits and 10 evaluations.
+    assert sorted(kind for kind, _, _ in seen) == ["evaluate"] * 10 + ["fit"] * 10
+    for _, cid, config in seen:
+        assert config["seed"] == derive_seed(11, "client", cid, config["server_round"])
 
 
 def test_keep_best_can_keep_the_initial_weights() -> None:

@@ -24,7 +24,7 @@ from fedloom.core.protocols import (
     EvaluatingClient,
     PluginClient,
 )
-from fedloom.core.rng import derive_seed, generator
+from fedloom.core.rng import derive_seed, derive_seeds, generator
 from fedloom.core.weights import Vector, VectorSpec, Weights, WeightsLike
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "WeightsLike",
     "WeightsRes",
     "derive_seed",
+    "derive_seeds",
     "generator",
     "weighted_average",
 ]

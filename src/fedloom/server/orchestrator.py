@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from fedloom.core import (
     Channel,
     ClientId,
     Config,
+    EvaluateIns,
     EvaluateRes,
     Failure,
     FitIns,
@@ -33,6 +35,7 @@ from fedloom.core import (
     WeightsLike,
     WeightsRes,
     derive_seed,
+    derive_seeds,
     generator,
     weighted_average,
 )
@@ -46,6 +49,8 @@ from fedloom.strategies.schedules import Buffered
 __all__ = ["EvaluateFn", "Orchestrator", "ResumePoint", "RunResult"]
 
 logger = logging.getLogger(__name__)
+
+_Ins = TypeVar("_Ins", FitIns, EvaluateIns)  # a task: its config gets the client's seed
 
 EvaluateFn = Callable[[Weights, int], Metrics]
 """A server-side evaluation: ``fn(weights, server_round) -> metrics`` (include "loss" if any)."""
@@ -248,10 +253,7 @@ class Orchestrator:
         if self._buffer is None:
             rng = generator(self._seed, "round", server_round)
             tasks = self._strategy.configure_fit(server_round, state, available, rng)
-            tasks = {
-                cid: replace(ins, config=self._seeded(ins.config, cid, (server_round,)))
-                for cid, ins in tasks.items()
-            }
+            tasks = self._seeded_tasks(tasks, (server_round,))
             self._dispatched = time.perf_counter()
             if self._strategy.secure_aggregation is not None:
                 secure_tasks, results = tasks, iter(())  # the stages run in _secure_fit
@@ -443,10 +445,7 @@ class Orchestrator:
         tasks = self._strategy.configure_evaluate(server_round, state, available, rng)
         if not tasks:
             return {}
-        tasks = {
-            cid: replace(ins, config=self._seeded(ins.config, cid, (server_round,)))
-            for cid, ins in tasks.items()
-        }
+        tasks = self._seeded_tasks(tasks, (server_round,))
         results: list[tuple[int, Metrics]] = []
         sent = time.perf_counter()
         for client_id, reply in self._channel.run(tasks, timeout_s=self._fit_timeout_s):
@@ -486,6 +485,16 @@ class Orchestrator:
     def _seeded(self, config: Config, client_id: ClientId, keys: tuple[int, ...]) -> Config:
         """`config` plus the client's seed for this task, derived from the run seed."""
         return {**config, "seed": derive_seed(self._seed, "client", client_id, *keys)}
+
+    def _seeded_tasks(
+        self, tasks: Mapping[ClientId, _Ins], keys: tuple[int, ...]
+    ) -> dict[ClientId, _Ins]:
+        """`tasks` with `_seeded`'s seeds, derived for all the clients in one call."""
+        seeds = derive_seeds(self._seed, [("client", client_id, *keys) for client_id in tasks])
+        return {
+            client_id: replace(ins, config={**ins.config, "seed": seed})
+            for (client_id, ins), seed in zip(tasks.items(), seeds, strict=True)
+        }
 
     def _central(self, weights: Weights, server_round: int) -> dict[str, Scalar]:
         assert self._evaluate_fn is not None
