@@ -166,9 +166,13 @@ def test_vectorized_plain_sgd_in_either_form_equals_each_clients_own_fit(
 def test_clients_with_their_own_batch_sizes_and_epochs_train_together_as_alone(
     optimizer: str, form: str
 ) -> None:
-    """Batch sizes 6, 4, 9 and 5 and 2, 1, 3 and 2 epochs in one group: each its own batches."""
-    data = {str(k): _data(size, seed=20 + k) for k, size in enumerate((17, 23, 7, 10))}
-    shapes = {"0": (6, 2), "1": (4, 1), "2": (9, 3), "3": (5, 2)}
+    """Batch sizes 6, 4, 9, 5 and 4, 1 to 3 epochs, in one group: each trains its own batches.
+
+    Clients 4 and 1 hold 23 samples in batches of 4 for 2 and 1 epochs: sorted by
+    steps they come one after the other, and must not share their step counts.
+    """
+    data = {str(k): _data(size, seed=20 + k) for k, size in enumerate((17, 23, 7, 10, 23))}
+    shapes = {"0": (6, 1), "1": (4, 1), "2": (9, 3), "3": (5, 2), "4": (4, 2)}
 
     def build(k: str) -> TorchClient:
         size, epochs = shapes[k]
@@ -183,7 +187,7 @@ def test_clients_with_their_own_batch_sizes_and_epochs_train_together_as_alone(
     start = build("0").get_weights()
     jobs = {k: (build(k), FitIns(weights=start, config={"seed": 7 + int(k)})) for k in data}
     engine = VectorizedFit()
-    assert [engine.unsupported(client, ins) for client, ins in jobs.values()] == [None] * 4
+    assert [engine.unsupported(client, ins) for client, ins in jobs.values()] == [None] * 5
 
     batched = engine.fit(jobs)  # type: ignore[arg-type]
 

@@ -372,9 +372,11 @@ class _Schedules:
         index = torch.zeros(len(plans), max(steps, default=0), batch, dtype=torch.int64)
         counts = torch.zeros(index.shape[:2], dtype=torch.int64)
         generator = torch.Generator()  # reseeded per client: as a fresh one, without the cost
+        previous: tuple[int, int, int] | None = None  # the last row's (count, size, steps)
         for row, plan in enumerate(plans):
             size, count, length = sizes[row], plan.count, per_epoch[row]
             if not steps[row]:
+                previous = None
                 continue
             generator.manual_seed(plan.seed)
             # one draw per epoch, as TorchClient's loop draws them, cut into batches of `size`
@@ -385,12 +387,14 @@ class _Schedules:
                 torch.randperm(count, generator=generator, out=draws[epoch, :count])
             if size != batch:
                 index[row, : steps[row], :size] = draws.view(steps[row], size)
-            if row and count == plans[row - 1].count and size == sizes[row - 1]:
+            shape = (count, size, steps[row])
+            if shape == previous:
                 counts[row] = counts[row - 1]  # the same batches as the client before
-                continue
-            per_step = counts[row, : steps[row]].view(epochs[row], length)
-            per_step.fill_(size)
-            per_step[:, -1] = count - (length - 1) * size  # each epoch's last batch
+            else:
+                per_step = counts[row, : steps[row]].view(epochs[row], length)
+                per_step.fill_(size)
+                per_step[:, -1] = count - (length - 1) * size  # each epoch's last batch
+            previous = shape
         return cls(
             [plan.inputs for plan in plans],
             [plan.targets for plan in plans],
@@ -787,7 +791,7 @@ class _Planner:
             optimizer=rule,
             inputs=inputs,
             targets=targets,
-            count=len(targets),
+            count=targets.shape[0],
             epochs=int(ins.config.get("local_epochs", client.local_epochs)),
             seed=int(ins.config.get("seed", 0)),
         )
