@@ -488,10 +488,11 @@ def _check_data(data: Batches, field: str) -> Batches:
         and len(data) == 2
         and all(isinstance(part, torch.Tensor) for part in data)
     ):
-        inputs, targets = data
-        if len(inputs) != len(targets) or len(targets) == 0:
+        # samples along the first dimension (a 0-d tensor holds none)
+        count, labels = (part.shape[0] if part.dim() else 0 for part in data)
+        if count != labels or labels == 0:
             raise ConfigError(
-                f"{field} has {len(inputs)} inputs and {len(targets)} targets; expected the same, "
+                f"{field} has {count} inputs and {labels} targets; expected the same, "
                 "non-zero number of each.",
                 field=field,
             )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
 import numpy as np
@@ -32,6 +32,7 @@ class VectorSpec:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     dtype: str
+    _sizes: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.shapes):
@@ -53,16 +54,18 @@ class VectorSpec:
                 "Cast the tensors to a float dtype, or keep integer state (such as counters) "
                 "out of the federated weights."
             )
+        # read for every result a server checks and folds: counted once
+        object.__setattr__(self, "_sizes", tuple(math.prod(shape) for shape in self.shapes))
 
     @property
     def sizes(self) -> tuple[int, ...]:
         """Number of elements of each tensor, in order."""
-        return tuple(math.prod(shape) for shape in self.shapes)
+        return self._sizes
 
     @property
     def size(self) -> int:
         """Total number of elements: the length of the flat vector."""
-        return sum(self.sizes)
+        return sum(self._sizes)
 
     @property
     def nbytes(self) -> int:
