@@ -197,6 +197,14 @@ def test_clients_with_their_own_batch_sizes_and_epochs_train_together_as_alone(
     _assert_same(batched, alone)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_clients_alike_train_together_as_alone(optimizer: str, form: str) -> None:
+    """Equal clients (17 samples each, the usual simulation): last batches padded alike."""
+    batched, alone = _fit_both(OPTIMIZERS[optimizer], sizes=(17, 17, 17, 17))
+
+    _assert_same(batched, alone)
+
+
 def _ignored_targets(count: int, seed: int) -> torch.Tensor:
     """Class indices, a third of them (two in each batch of six) the ignored index."""
     targets = torch.randint(0, 3, (count,), generator=torch.Generator().manual_seed(seed))

@@ -368,33 +368,39 @@ class _Schedules:
         per_epoch = [math.ceil(plan.count / size) for plan, size in zip(plans, sizes, strict=True)]
         epochs = [max(0, plan.epochs) for plan in plans]
         steps = [count * number for count, number in zip(per_epoch, epochs, strict=True)]
-        batch = max(sizes, default=1)
-        index = torch.zeros(len(plans), max(steps, default=0), batch, dtype=torch.int64)
-        counts = torch.zeros(index.shape[:2], dtype=torch.int64)
         generator = torch.Generator()  # reseeded per client: as a fresh one, without the cost
-        previous: tuple[int, int, int] | None = None  # the last row's (count, size, steps)
-        for row, plan in enumerate(plans):
-            size, count, length = sizes[row], plan.count, per_epoch[row]
-            if not steps[row]:
-                previous = None
-                continue
+        draws: list[torch.Tensor] = []  # one shuffle per epoch, as TorchClient's loop draws them
+        for plan, number in zip(plans, epochs, strict=True):
             generator.manual_seed(plan.seed)
-            # one draw per epoch, as TorchClient's loop draws them, cut into batches of `size`
-            draws = index[row, : steps[row]].view(epochs[row], length * batch)
-            if size != batch:
-                draws = torch.zeros(epochs[row], length * size, dtype=torch.int64)
-            for epoch in range(epochs[row]):
-                torch.randperm(count, generator=generator, out=draws[epoch, :count])
-            if size != batch:
-                index[row, : steps[row], :size] = draws.view(steps[row], size)
-            shape = (count, size, steps[row])
-            if shape == previous:
-                counts[row] = counts[row - 1]  # the same batches as the client before
-            else:
+            for _ in range(number):
+                draws.append(torch.randperm(plan.count, generator=generator))
+        clients, batch, longest = len(plans), max(sizes, default=1), max(steps, default=0)
+        alike = len({(plan.count, size) for plan, size in zip(plans, sizes, strict=True)}) == 1
+        if alike and len(set(steps)) == 1 and longest:
+            # every client alike (the usual simulation): whole tensors, no per-client writes
+            count, length = plans[0].count, per_epoch[0]
+            drawn = torch.stack(draws).view(clients, epochs[0], count)
+            padded = torch.zeros(clients, epochs[0], length * batch, dtype=torch.int64)
+            padded[:, :, :count] = drawn  # each epoch's last batch padded with index 0
+            pattern = torch.full((epochs[0], length), batch, dtype=torch.int64)
+            pattern[:, -1] = count - (length - 1) * batch
+            counts = pattern.view(1, longest).repeat(clients, 1)
+            index = padded.view(clients, longest, batch)
+        else:
+            index = torch.zeros(clients, longest, batch, dtype=torch.int64)
+            counts = torch.zeros(clients, longest, dtype=torch.int64)
+            used = 0
+            for row, plan in enumerate(plans):
+                size, count, length = sizes[row], plan.count, per_epoch[row]
+                if not steps[row]:
+                    continue
+                own = torch.zeros(epochs[row], length * size, dtype=torch.int64)
+                own[:, :count] = torch.stack(draws[used : used + epochs[row]])
+                used += epochs[row]
+                index[row, : steps[row], :size] = own.view(steps[row], size)
                 per_step = counts[row, : steps[row]].view(epochs[row], length)
                 per_step.fill_(size)
                 per_step[:, -1] = count - (length - 1) * size  # each epoch's last batch
-            previous = shape
         return cls(
             [plan.inputs for plan in plans],
             [plan.targets for plan in plans],
