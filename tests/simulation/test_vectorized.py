@@ -24,7 +24,7 @@ from fedloom.core import ClientId, Failure, FitIns, FitRes, Weights
 from fedloom.data import Dirichlet
 from fedloom.errors import InvalidResult
 from fedloom.simulation import _vectorized_lowrank
-from fedloom.simulation.vectorized import VectorizedFit
+from fedloom.simulation.vectorized import VectorizedFit, _ElementLoss
 from fedloom.strategies import fedavg
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
@@ -252,6 +252,41 @@ def test_vectorized_fit_masks_each_loss_as_the_clients_mean_does(
     if optimizer == "sgd":  # plain SGD from one start: the low-rank path, not a fallback
         assert all(r.weights.pending is not None for r in batched.values())  # type: ignore[union-attr]
     _assert_same(batched, alone)
+
+
+def test_cross_entropy_in_closed_form_equals_autograd_of_the_weighted_loss() -> None:
+    """Loss and gradient of the closed form against autograd through torch's cross-entropy."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 5, 7, generator=generator) * 3
+    targets = torch.randint(0, 7, (4, 2, 5), generator=generator)
+    targets[0, 1, :2] = -100  # ignored: weight 0, any class index in the closed form
+    mask = (torch.rand(4, 2, 5, generator=generator) > 0.3).to(torch.float32)
+    loss = _ElementLoss(nn.CrossEntropyLoss())
+    weights = loss.step_weights(targets, mask)[:, 1]
+    closed_form = loss.closed_form(targets)
+    assert closed_form is not None
+    leaf = logits.clone().requires_grad_()
+    expected = loss.weighted(leaf, targets[:, 1], weights)
+    (expected_gradient,) = torch.autograd.grad(expected.sum(), leaf)
+
+    values, gradient = closed_form(logits, targets[:, 1], weights)
+
+    torch.testing.assert_close(values, expected.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "targets"),
+    [
+        (nn.CrossEntropyLoss(label_smoothing=0.1), torch.zeros(2, 1, 3, dtype=torch.long)),
+        (nn.CrossEntropyLoss(), torch.rand(2, 1, 3, 4)),  # class probabilities
+        (nn.MSELoss(), torch.rand(2, 1, 3, 4)),
+    ],
+)
+def test_other_losses_have_no_closed_form_and_train_with_autograd(
+    loss_fn: nn.Module, targets: torch.Tensor
+) -> None:
+    assert _ElementLoss(loss_fn).closed_form(targets) is None
 
 
 def test_kept_whole_picks_the_smaller_of_weights_and_factors() -> None:

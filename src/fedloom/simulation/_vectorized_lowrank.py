@@ -39,7 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["LowRankSGD", "kept_whole", "low_rank_layers"]
+__all__ = ["LossGradient", "LowRankSGD", "kept_whole", "low_rank_layers"]
 
 _ELEMENTWISE: tuple[type[nn.Module], ...] = (
     nn.Identity,
@@ -69,6 +69,12 @@ Allocate = Callable[[str, tuple[int, ...], torch.Tensor], torch.Tensor]
 ElementLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(outputs [K, B, ...], targets [K, B, ...], weights [K, B, ...]) -> per-client loss [K]``:
 the loss's elements weighted by `weights` (each client's weights sum to 1 over its real samples)."""
+
+LossGradient = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
+]
+"""An `ElementLoss` in closed form: ``(outputs, targets, weights) -> (per-client loss [K],
+its gradient with respect to outputs)``, computed without autograd."""
 
 
 def low_rank_layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
@@ -141,6 +147,7 @@ class LowRankSGD:
         targets: torch.Tensor,
         weights: torch.Tensor,
         loss_fn: ElementLoss,
+        closed_form: LossGradient | None = None,
     ) -> torch.Tensor:
         """Run every step; the loss of each client at each step, ``[clients, steps]``.
 
@@ -154,6 +161,8 @@ class LowRankSGD:
             weights: ``[clients, steps, batch, ...]``, each sample's weight in its
                 client's mean loss at that step; 0 for padding.
             loss_fn: each client's mean loss at a step.
+            closed_form: the same loss with its gradient, if known in closed form:
+                autograd then starts at the model's outputs.
         """
         clients, steps, batch = weights.shape[:3]
         samples = steps * batch
@@ -261,8 +270,13 @@ class LowRankSGD:
                 outputs.append(z)
                 x = z.reshape(clients * batch, width)
             shaped = x.view(clients, batch, *x.shape[1:])
-            loss = loss_fn(shaped, targets[:, step], weights[:, step])
-            gradients = torch.autograd.grad(loss.sum(), outputs)
+            if closed_form is None:
+                loss = loss_fn(shaped, targets[:, step], weights[:, step])
+                gradients = torch.autograd.grad(loss.sum(), outputs)
+            else:
+                with torch.no_grad():
+                    loss, gradient = closed_form(shaped, targets[:, step], weights[:, step])
+                gradients = torch.autograd.grad(shaped, outputs, grad_outputs=gradient)
             losses[:, step] = loss.detach()
             for (name, _), gradient in zip(linear, gradients, strict=True):
                 if name in whole:  # torch.optim.SGD's step: p -= lr * grad

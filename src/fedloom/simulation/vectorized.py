@@ -39,7 +39,7 @@ from fedloom.core.dispatch import run_task
 from fedloom.core.protocols import Client
 from fedloom.core.weights import DeferredWeights
 from fedloom.errors import ConfigError
-from fedloom.simulation._vectorized_lowrank import LowRankSGD, low_rank_layers
+from fedloom.simulation._vectorized_lowrank import LossGradient, LowRankSGD, low_rank_layers
 
 __all__ = ["VectorizedFit"]
 
@@ -242,7 +242,8 @@ class VectorizedFit:
 
             trainer = LowRankSGD(layers, initial, lr, allocate)
             weights = loss_fn.step_weights(targets, mask)
-            losses = trainer.train(inputs, targets, weights, loss_fn.weighted)
+            closed_form = loss_fn.closed_form(targets)
+            losses = trainer.train(inputs, targets, weights, loss_fn.weighted, closed_form)
             block = _LowRankRows(trainer, spec, starts[0].flat, memory)
             for name in held:
                 memory.hold(name if name == "inputs" else f"low-rank.{name}", block)
@@ -712,6 +713,41 @@ class _ElementLoss:
         if weight.shape[-1] != values.shape[-1]:  # one weight per sample: the mean of its elements
             total = total / values.shape[-1]
         return total
+
+    def closed_form(self, targets: torch.Tensor) -> LossGradient | None:
+        """`weighted` with its gradient, without autograd, when the loss has a closed form.
+
+        That is cross-entropy over class indices (``[clients, steps, batch]`` targets)
+        without label smoothing: torch's log-softmax is slow on a few classes, and a
+        step then builds no graph for its loss. None for every other loss.
+        """
+        loss = self.loss_fn
+        if (
+            type(loss) is not nn.CrossEntropyLoss
+            or getattr(loss, "label_smoothing", 0.0) != 0
+            or loss.weight is not None
+            or targets.is_floating_point()
+            or targets.dim() != 3
+        ):
+            return None
+        return self._cross_entropy
+
+    def _cross_entropy(
+        self, outputs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each client's weighted cross-entropy, ``[clients]``, and its gradient with respect
+        to the ``[clients, batch, classes]`` logits: ``weight * (softmax - one_hot)``."""
+        classes = targets.unsqueeze(-1)
+        if self.ignore_index is not None:  # weighted 0 already: any class index will do
+            classes = classes.masked_fill(classes == self.ignore_index, 0)
+        top = outputs.amax(-1, keepdim=True)
+        exponentials = (outputs - top).exp_()
+        total = exponentials.sum(-1, keepdim=True)
+        chosen = outputs.gather(-1, classes).sub_(top).sub_(total.log())  # log-probabilities
+        loss = (chosen.squeeze(-1) * weights).sum(1).neg_()
+        gradient = exponentials.div_(total)
+        gradient.scatter_add_(-1, classes, torch.full_like(chosen, -1.0))
+        return loss, gradient.mul_(weights.unsqueeze(-1))
 
 
 def _low_rank(
