@@ -159,4 +159,4 @@ def test_compute_package_trains_through_a_relay_and_shows_on_the_dashboard(
     recorded = {r["server_round"]: r["metrics"].get("evaluate.test_accuracy") for r in rounds}
     assert sorted(recorded) == list(range(ROUNDS + 1))  # round 0: the initial weights
     assert recorded[ROUNDS] == pytest.approx(accuracy, abs=1e-4)
-    assert processes[-1].wait(timeout=15) == 0
+    assert processes[-1].wait(timeout=60) == 0  # 15 s was once too short on a busy machine
