@@ -86,10 +86,30 @@ def start(
         stdin=subprocess.DEVNULL,
         text=True,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(sys.path),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",
+        },
     )
     processes.append(process)
     return Output(process)
+
+
+def stopped(process: subprocess.Popen[str], output: Output, timeout_s: float = 30.0) -> int:
+    """`process`'s exit status once it stops; if it does not, fail with every thread's stack.
+
+    Processes started here run with PYTHONFAULTHANDLER=1: SIGABRT makes Python print
+    each thread's traceback, which shows where a process that ignores Ctrl-C is stuck.
+    """
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait(timeout=10)
+        time.sleep(0.5)  # the output thread reads the last lines
+        pytest.fail(f"still running {timeout_s} s after Ctrl-C:\n" + "\n".join(output.lines))
 
 
 def test_compute_package_trains_through_a_relay_and_shows_on_the_dashboard(
@@ -159,4 +179,4 @@ def test_compute_package_trains_through_a_relay_and_shows_on_the_dashboard(
     recorded = {r["server_round"]: r["metrics"].get("evaluate.test_accuracy") for r in rounds}
     assert sorted(recorded) == list(range(ROUNDS + 1))  # round 0: the initial weights
     assert recorded[ROUNDS] == pytest.approx(accuracy, abs=1e-4)
-    assert processes[-1].wait(timeout=60) == 0  # 15 s was once too short on a busy machine
+    assert stopped(processes[-1], board) == 0
