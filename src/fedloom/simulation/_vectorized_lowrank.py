@@ -27,7 +27,9 @@ gradient, without writing the clients' weights at all. The values are those
 of `torch.optim.SGD` stepping each client's model (summed in another order,
 so equal to float rounding). Gradients with respect to every layer's output
 come from one autograd pass over the sum of the clients' masked mean losses
-(the clients' losses do not interact, so each client gets its own gradient).
+(the clients' losses do not interact, so each client gets its own gradient),
+or, for a loss given in closed form with its gradient (cross-entropy), from
+one pass that starts at the model's outputs.
 A padded sample has zero loss weight, so its gradient rows are zero and it
 changes nothing.
 """
@@ -275,8 +277,8 @@ class LowRankSGD:
                 gradients = torch.autograd.grad(loss.sum(), outputs)
             else:
                 with torch.no_grad():
-                    loss, gradient = closed_form(shaped, targets[:, step], weights[:, step])
-                gradients = torch.autograd.grad(shaped, outputs, grad_outputs=gradient)
+                    loss, at_outputs = closed_form(shaped, targets[:, step], weights[:, step])
+                gradients = torch.autograd.grad(shaped, outputs, grad_outputs=at_outputs)
             losses[:, step] = loss.detach()
             for (name, _), gradient in zip(linear, gradients, strict=True):
                 if name in whole:  # torch.optim.SGD's step: p -= lr * grad
