@@ -174,12 +174,15 @@ def _seed_pool(run_words: list[int], h: list[int]) -> tuple[list[int], int]:
                 hashed = _hashmix(pool[source], h[call], h[call + 1])
                 pool[target] = _mix(pool[target], hashed)
                 call += 1
-    for word in run_words[_POOL_SIZE:]:  # a seed beyond 128 bits: into every pool word
-        pool = [
-            _mix(old, _hashmix(word, h[call + i], h[call + i + 1])) for i, old in enumerate(pool)
-        ]
+    for word in run_words[_POOL_SIZE:]:  # a seed beyond 128 bits
+        pool = _mixed_in(pool, word, h, call)
         call += _POOL_SIZE
     return pool, call
+
+
+def _mixed_in(pool: list[int], word: int, h: list[int], call: int) -> list[int]:
+    """`pool` with `word` hashed into every pool word, hashmix calls ``call`` on."""
+    return [_mix(old, _hashmix(word, h[call + i], h[call + i + 1])) for i, old in enumerate(pool)]
 
 
 def _first_state_words(
@@ -189,10 +192,7 @@ def _first_state_words(
     length = len(flat) // rows
     start = 0  # key words that every path shares (the first key, often) are hashed once
     while start < length and len(set(flat[start::length])) == 1:
-        word = flat[start]
-        pool = [
-            _mix(old, _hashmix(word, h[call + i], h[call + i + 1])) for i, old in enumerate(pool)
-        ]
+        pool = _mixed_in(pool, flat[start], h, call)
         call += _POOL_SIZE
         start += 1
     state = np.array(pool, dtype=np.uint32)[:, None]  # (pool, 1): broadcasts over the paths
